@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Set up a local virtual environment (once) and run a posturescreen job in it.
+
+    python3 scripts/bootstrap.py demo    # the demo study
+    python3 scripts/bootstrap.py test    # the test suite (what CI runs)
+
+Needs only Python >= 3.11. Re-installs when pyproject.toml or constraints.txt change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".posturescreen-install"
+
+
+def _install_fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in ("pyproject.toml", "constraints.txt"):
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()
+
+
+def _run(cmd: list[str | Path], **kw) -> None:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kw)
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"posturescreen needs Python >= 3.11, this is {sys.version.split()[0]}")
+    if not PY.exists():
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    fingerprint = _install_fingerprint()
+    if STAMP.exists() and STAMP.read_text() == fingerprint:
+        return
+    _run([PY, "-m", "pip", "install", "-q", "-c", "constraints.txt", "-e", ".[dev]"])
+    STAMP.write_text(fingerprint)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"demo", "test", "setup"}:
+        print(__doc__)
+        return 2
+    job, rest = argv[0], argv[1:]
+    ensure_venv()
+    if job == "setup":
+        return 0
+    if job == "demo":
+        return subprocess.call([str(BIN / "posturescreen"), "demo", *rest], cwd=ROOT)
+    return subprocess.call([str(PY), "-m", "pytest", "-q", *rest], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

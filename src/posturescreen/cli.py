@@ -1,0 +1,100 @@
+"""Command line: `posturescreen study | validate | demo | synth`. Each command calls the
+same library functions a notebook user would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from posturescreen.config import ConfigError, DataConfig, load_config
+from posturescreen.data.manifest import ManifestError, load_manifest
+from posturescreen.files import OutputError
+from posturescreen.folds import FoldError
+from posturescreen.models import UnknownModelError, WeightsUnavailableError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Posture-photo deep-learning studies with subject-grouped CV and "
+                       "honest confidence intervals.")
+console = Console()
+err_console = Console(stderr=True)
+
+USER_ERRORS = (ConfigError, ManifestError, FoldError, WeightsUnavailableError,
+               UnknownModelError, OutputError)
+
+
+def _fail(e: Exception) -> None:
+    err_console.print("[bold red]error:[/bold red] ", end="")
+    err_console.print(str(e), markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def study(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="study YAML")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="manifest CSV")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="run folder (default runs/<name>)")
+                   ] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="override a config value, e.g. --set train.epochs=5 "
+                      "--set models.pretrained=none")] = None,
+    skip_bad_images: Annotated[bool, typer.Option(
+        "--skip-bad-images", help="train without unreadable photos instead of stopping")
+    ] = False,
+    max_jobs: Annotated[int | None, typer.Option(
+        "--max-jobs", help="stop after this many jobs (resume later with the same command)")
+    ] = None,
+) -> None:
+    """Run (or resume) a cross-validated study and print its results table."""
+    from posturescreen.study import RunFolderConflict, print_results, run_study
+
+    sets = list(overrides or [])
+    if data is not None:
+        sets.append(f"data.manifest={data.resolve()}")
+    if skip_bad_images:
+        sets.append("data.skip_bad_images=true")
+    try:
+        cfg = load_config(config, sets)
+        run_dir = out or Path("runs") / cfg.name
+        metrics = run_study(cfg, run_dir, max_jobs=max_jobs)
+    except (*USER_ERRORS, RunFolderConflict) as e:
+        _fail(e)
+    if metrics is None:
+        console.print(f"stopped after {max_jobs} job(s); rerun the same command to continue")
+        return
+    print_results(metrics, run_dir, console)
+
+
+@app.command()
+def validate(
+    manifest: Annotated[Path, typer.Argument(help="manifest CSV")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="study YAML (for "
+                                                "column names)")] = None,
+    subject_column: Annotated[str | None, typer.Option(help="worker id column")] = None,
+    label_columns: Annotated[str | None, typer.Option(
+        help="comma-separated 0/1 label columns (default ch,nsp)")] = None,
+    images: Annotated[bool, typer.Option(help="decode every photo (slower, thorough)")] = True,
+) -> None:
+    """Check a manifest and its photos; list every problem with its row."""
+    try:
+        data_cfg = load_config(config).data if config else DataConfig()
+        if subject_column:
+            data_cfg.subject_column = subject_column
+        if label_columns is not None:
+            data_cfg.label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
+        m = load_manifest(manifest, data_cfg, check_images=images)
+    except USER_ERRORS as e:
+        _fail(e)
+    t = m.table
+    console.print(f"[green]ok[/green]: {len(t)} photos of "
+                  f"{t[data_cfg.subject_column].nunique()} subjects"
+                  + (", photos decoded" if images else ""))
+    for col in data_cfg.label_columns:
+        console.print(f"  {col}=1: {int(t[col].sum())} photos, "
+                      f"{t.loc[t[col] == 1, data_cfg.subject_column].nunique()} subjects")
+
+
+def main() -> None:
+    app()

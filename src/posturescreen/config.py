@@ -1,0 +1,237 @@
+"""Study configuration: a typed pydantic model, loaded from YAML, overridable from the CLI.
+
+Precedence: defaults < YAML file < command-line overrides. Unknown keys are errors (a typo
+must never silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    manifest: Path | None = Field(None, description="CSV manifest, one row per photo")
+    subject_column: str = "subject_id"
+    image_column: str = "image"
+    label_columns: list[str] = Field(
+        default_factory=lambda: ["ch", "nsp"],
+        description="0/1 columns that must agree across a subject's photos",
+    )
+    site_column: str | None = "site"
+    skip_bad_images: bool = Field(
+        False, description="train without unreadable photos (listed in the run) instead of stopping"
+    )
+
+
+class TaskConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_+\-]+$")
+    positive: str = Field(description="pandas query selecting the positive photos")
+    negative: str | None = Field(
+        None, description="pandas query selecting the negatives; default from `negatives`"
+    )
+
+
+class ModelConfig(_Strict):
+    name: str
+    pretrained: str = Field("imagenet", description="imagenet | none | path to a weights file")
+    image_size: int | None = Field(None, ge=16, le=2048, description="default: weights' metadata")
+
+
+class CVConfig(_Strict):
+    folds: int = Field(4, ge=2, le=20)
+    scheme: Literal["stratified_group", "leave_site_out"] = "stratified_group"
+    inner_val_fraction: float = Field(0.2, gt=0.05, lt=0.5)
+
+
+class AugmentConfig(_Strict):
+    crop_scale_min: float = Field(0.8, gt=0.1, le=1.0)
+    horizontal_flip: bool = True
+    brightness: float = Field(0.2, ge=0, le=1)
+    contrast: float = Field(0.2, ge=0, le=1)
+    saturation: float = Field(0.2, ge=0, le=1)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1, le=1000)
+    batch_size: int = Field(16, ge=2, le=1024)
+    lr: float = Field(3e-4, gt=0, lt=1)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    patience: int = Field(5, ge=1, description="epochs without inner-val AUC gain before stopping")
+    class_weighted_loss: bool = True
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA where supported, fp32 on CPU"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    deterministic: bool = Field(False, description="deterministic algorithms (slower on GPU)")
+
+
+class ThresholdConfig(_Strict):
+    rule: Literal["youden", "fixed"] = Field(
+        "youden", description="youden: chosen on the inner validation split, never the test fold"
+    )
+    value: float = Field(0.5, gt=0, lt=1, description="the threshold when rule is fixed")
+
+
+class MetricsConfig(_Strict):
+    bootstrap: int = Field(1000, ge=50, description="subject-level bootstrap resamples")
+    ci_level: float = Field(0.95, gt=0.5, lt=1)
+
+
+PAPER_TASKS = [
+    TaskConfig(name="CH", positive="ch == 1"),
+    TaskConfig(name="NSP", positive="nsp == 1"),
+    TaskConfig(name="CH+NSP", positive="ch == 1 and nsp == 1"),
+]
+PAPER_MODELS = [
+    ModelConfig(name="vgg19"),
+    ModelConfig(name="resnet50"),
+    ModelConfig(name="efficientnet_b5"),
+]
+
+
+class StudyConfig(_Strict):
+    name: str = "study"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    tasks: list[TaskConfig] = Field(default_factory=lambda: [t.model_copy() for t in PAPER_TASKS])
+    negatives: Literal["controls", "rest"] = Field(
+        "controls", description="default negatives: controls (query below) or everyone else"
+    )
+    controls: str = Field("ch == 0 and nsp == 0", description="pandas query for controls")
+    models: list[ModelConfig] = Field(
+        default_factory=lambda: [m.model_copy() for m in PAPER_MODELS]
+    )
+    cv: CVConfig = Field(default_factory=CVConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> StudyConfig:
+        for kind, names in (("task", [t.name for t in self.tasks]),
+                            ("model", [m.name for m in self.models])):
+            if not names:
+                raise ValueError(f"at least one {kind} is needed")
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind} names must be unique, repeated: {dupes}")
+        return self
+
+    def negative_query(self, task: TaskConfig) -> str:
+        if task.negative is not None:
+            return task.negative
+        if self.negatives == "controls":
+            return self.controls
+        return f"not ({task.positive})"
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not the manifest's path: the data hash is
+        recorded separately)."""
+        payload = self.model_dump(mode="json")
+        payload["data"].pop("manifest", None)
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        lines.append(f"  {loc}: {msg}" + (f" (got {e['input']!r})" if "input" in e
+                                             and e["type"] != "extra_forbidden"
+                                             and not isinstance(e["input"], dict) else ""))
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.epochs=3` -> ("train.epochs", 3); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    return key.strip(), value
+
+
+def _apply_model_override(tree: dict[str, Any], key: str, value: Any) -> None:
+    # `models.pretrained=none` sets it on every model; handy for offline runs of paper.yaml
+    models = tree.get("models")
+    if models is None:
+        models = [m.model_dump(mode="json") for m in PAPER_MODELS]
+        tree["models"] = models
+    for m in models:
+        if isinstance(m, dict):
+            m[key] = value
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> StudyConfig:
+    tree: dict[str, Any] = dict(base or {})
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {path}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must be a mapping of keys to values")
+        tree.update(loaded)
+        # relative manifest paths in a config file are relative to that file
+        manifest = (tree.get("data") or {}).get("manifest")
+        if manifest and not Path(manifest).is_absolute():
+            tree["data"]["manifest"] = str((Path(path).parent / manifest).resolve())
+    for text in overrides or []:
+        key, value = parse_override(text)
+        if key.startswith("models.") and key.count(".") == 1:
+            _apply_model_override(tree, key.split(".", 1)[1], value)
+        else:
+            _set_dotted(tree, key, value)
+        source += f" + {text}"
+    try:
+        return StudyConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from e
+
+
+def dump_config(cfg: StudyConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data in: manifests, safe image reading, the decoded-image cache."""

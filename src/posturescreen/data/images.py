@@ -1,0 +1,167 @@
+"""Safe photo reading and the letterboxed uint8 cache every model trains from.
+
+Photos are decoded once per study (not once per epoch): each file is read, hashed,
+EXIF-rotated, converted to RGB and letterboxed (aspect kept, padded to square) to every
+input size the study needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Keep Pillow's decompression-bomb guard, and make its warning tier an error too.
+if Image.MAX_IMAGE_PIXELS is None:  # someone disabled it globally; restore the default
+    Image.MAX_IMAGE_PIXELS = 89_478_485
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class ImageReadError(ValueError):
+    """A photo that cannot be used; the message names the file and the reason."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / 32-bit grey: scale the real range to 8 bits rather than clipping
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+    return img.convert("RGB")  # L, P, CMYK, YCbCr, 1, LAB, HSV
+
+
+def decode_image(
+    data: bytes, name: str, draft_size: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode bytes into an upright RGB image, or raise ImageReadError naming `name`.
+
+    Also returns the upright full-resolution (width, height), which landmarks refer to even
+    when JPEG draft mode decoded at a reduced scale."""
+    if not data:
+        raise ImageReadError(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: 90° turns
+                width, height = height, width
+            if draft_size and img.format == "JPEG":
+                # let libjpeg decode at a reduced scale: much faster for big photos
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img), (width, height)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(f"{name}: refused as a possible decompression bomb ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageReadError(f"{name}: not a readable image (unknown or corrupt format)") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from e
+
+
+def read_image_file(
+    path: Path, draft_size: int | None = None
+) -> tuple[Image.Image, tuple[int, int], str]:
+    """Read a photo from disk: the image, its full (width, height) and its bytes' sha256."""
+    try:
+        if path.is_dir():
+            raise ImageReadError(f"{path}: is a directory, expected an image file")
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise ImageReadError(f"{path}: file not found") from e
+    except ImageReadError:
+        raise
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot be read ({e.strerror or e})") from e
+    img, size = decode_image(data, str(path), draft_size)
+    return img, size, hashlib.sha256(data).hexdigest()
+
+
+def letterbox(
+    img: Image.Image, size: int, interpolation: str = "bicubic",
+    fill: tuple[int, int, int] = (124, 116, 104),
+) -> np.ndarray:
+    """Resize keeping the aspect ratio and pad to size x size; returns uint8 (3, size, size)."""
+    w, h = img.size
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = img.resize((nw, nh), _RESAMPLE[interpolation])
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
+    return np.asarray(canvas, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def letterbox_geometry(width: int, height: int, size: int) -> tuple[float, float, float]:
+    """(scale, x offset, y offset) that letterbox() applies: maps original pixels to the
+    square frame, for landmarks."""
+    scale = size / max(width, height)
+    nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
+    return scale, (size - nw) // 2, (size - nh) // 2
+
+
+@dataclass
+class ImageCache:
+    """Letterboxed uint8 arrays, one (N, 3, S, S) block per input size, in manifest order."""
+
+    arrays: dict[int, np.ndarray]
+    sha256: list[str | None]
+    original_sizes: list[tuple[int, int] | None]
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def data_hash(self) -> str:
+        h = hashlib.sha256()
+        for digest in self.sha256:
+            h.update((digest or "-").encode())
+        return h.hexdigest()
+
+
+def build_image_cache(
+    paths: Sequence[Path],
+    sizes: dict[int, str],
+    progress: Callable[[int], None] | None = None,
+) -> ImageCache:
+    """Decode every photo once and letterbox it to each size (size -> interpolation).
+
+    Unreadable photos are recorded in `errors` (index -> message) and left as zeros;
+    the caller decides whether to stop or skip them.
+    """
+    n = len(paths)
+    arrays = {s: np.zeros((n, 3, s, s), dtype=np.uint8) for s in sizes}
+    digests: list[str | None] = [None] * n
+    original: list[tuple[int, int] | None] = [None] * n
+    errors: dict[int, str] = {}
+    largest = max(sizes) if sizes else None
+    for i, path in enumerate(paths):
+        try:
+            img, full_size, digest = read_image_file(Path(path), draft_size=largest)
+        except ImageReadError as e:
+            errors[i] = str(e)
+        else:
+            digests[i] = digest
+            original[i] = full_size
+            for s, interp in sizes.items():
+                arrays[s][i] = letterbox(img, s, interp)
+        if progress is not None:
+            progress(1)
+    return ImageCache(arrays, digests, original, errors)

@@ -1,0 +1,54 @@
+"""Atomic writes: a file is either complete or absent, so a killed run never leaves a
+half-written artefact that a rerun would trust."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+
+class OutputError(OSError):
+    """The run folder cannot be written (permissions, full disk, ...)."""
+
+
+def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
+    """Call writer(tmp_path) on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_csv(path: Path, table: pd.DataFrame) -> None:
+    atomic_write(path, lambda p: table.to_csv(p, index=False))
+
+
+def ensure_writable_dir(path: Path) -> None:
+    """Fail before any work if the output folder cannot be created or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(e.errno, f"output folder {path} is not writable: "
+                                   f"{e.strerror or e}") from e

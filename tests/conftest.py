@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny learnable cohort of photos, made on the fly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from posturescreen.config import StudyConfig, load_config
+
+
+def make_photo(path: Path, ch: int, nsp: int, rng: np.random.Generator, size: int = 40) -> None:
+    """A noisy photo whose top-left patch is bright for CH and bottom-right for NSP."""
+    arr = rng.integers(40, 90, (size, size + 8, 3), dtype=np.uint8)  # not square on purpose
+    q = size // 3
+    if ch:
+        arr[:q, :q] = 230
+    if nsp:
+        arr[-q:, -q:] = 230
+    Image.fromarray(arr).save(path)
+
+
+def make_cohort(folder: Path, n_subjects: int = 48, seed: int = 0, sites: int = 3) -> Path:
+    rng = np.random.default_rng(seed)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in range(n_subjects):
+        ch, nsp = [(0, 0), (1, 0), (0, 1), (1, 1)][s % 4]
+        for k in range(1 + s % 2):
+            name = f"img/s{s:03d}_{k}.png"
+            make_photo(folder / name, ch, nsp, rng)
+            rows.append({"subject_id": f"W{s:03d}", "image": name, "ch": ch, "nsp": nsp,
+                         "site": f"site{s % sites}", "age": 30 + s % 20})
+    path = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+TINY_OVERRIDES = [
+    "models=[{name: test_resnet, pretrained: none, image_size: 32}]",
+    "train.epochs=2", "train.batch_size=8", "train.patience=2", "train.threads=1",
+    "metrics.bootstrap=100", "cv.folds=3",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory) -> Path:
+    return make_cohort(tmp_path_factory.mktemp("cohort"))
+
+
+@pytest.fixture
+def tiny_config(tiny_manifest) -> StudyConfig:
+    return load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}"])
