@@ -32,8 +32,16 @@ def make_cohort(folder: Path, n_subjects: int = 48, seed: int = 0, sites: int = 
         for k in range(1 + s % 2):
             name = f"img/s{s:03d}_{k}.png"
             make_photo(folder / name, ch, nsp, rng)
-            rows.append({"subject_id": f"W{s:03d}", "image": name, "ch": ch, "nsp": nsp,
-                         "site": f"site{s % sites}", "age": 30 + s % 20})
+            rows.append(
+                {
+                    "subject_id": f"W{s:03d}",
+                    "image": name,
+                    "ch": ch,
+                    "nsp": nsp,
+                    "site": f"site{s % sites}",
+                    "age": 30 + s % 20,
+                }
+            )
     path = folder / "manifest.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -41,8 +49,12 @@ def make_cohort(folder: Path, n_subjects: int = 48, seed: int = 0, sites: int = 
 
 TINY_OVERRIDES = [
     "models=[{name: test_resnet, pretrained: none, image_size: 32}]",
-    "train.epochs=2", "train.batch_size=8", "train.patience=2", "train.threads=1",
-    "metrics.bootstrap=100", "cv.folds=3",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "train.patience=2",
+    "train.threads=1",
+    "metrics.bootstrap=100",
+    "cv.folds=3",
 ]
 
 

@@ -15,14 +15,23 @@ from posturescreen.files import OutputError
 from posturescreen.folds import FoldError
 from posturescreen.models import UnknownModelError, WeightsUnavailableError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Posture-photo deep-learning studies with subject-grouped CV and "
-                       "honest confidence intervals.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Posture-photo deep-learning studies with subject-grouped CV and "
+    "honest confidence intervals.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
-USER_ERRORS = (ConfigError, ManifestError, FoldError, WeightsUnavailableError,
-               UnknownModelError, OutputError)
+USER_ERRORS = (
+    ConfigError,
+    ManifestError,
+    FoldError,
+    WeightsUnavailableError,
+    UnknownModelError,
+    OutputError,
+)
 
 
 def _fail(e: Exception) -> None:
@@ -35,16 +44,27 @@ def _fail(e: Exception) -> None:
 def study(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="study YAML")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="manifest CSV")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="run folder (default runs/<name>)")
-                   ] = None,
-    overrides: Annotated[list[str] | None, typer.Option(
-        "--set", help="override a config value, e.g. --set train.epochs=5 "
-                      "--set models.pretrained=none")] = None,
-    skip_bad_images: Annotated[bool, typer.Option(
-        "--skip-bad-images", help="train without unreadable photos instead of stopping")
+    out: Annotated[
+        Path | None, typer.Option("--out", help="run folder (default runs/<name>)")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="override a config value, e.g. --set train.epochs=5 --set models.pretrained=none",
+        ),
+    ] = None,
+    skip_bad_images: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad-images", help="train without unreadable photos instead of stopping"
+        ),
     ] = False,
-    max_jobs: Annotated[int | None, typer.Option(
-        "--max-jobs", help="stop after this many jobs (resume later with the same command)")
+    max_jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-jobs", help="stop after this many jobs (resume later with the same command)"
+        ),
     ] = None,
 ) -> None:
     """Run (or resume) a cross-validated study and print its results table."""
@@ -70,11 +90,13 @@ def study(
 @app.command()
 def validate(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV")],
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="study YAML (for "
-                                                "column names)")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="study YAML (for column names)")
+    ] = None,
     subject_column: Annotated[str | None, typer.Option(help="worker id column")] = None,
-    label_columns: Annotated[str | None, typer.Option(
-        help="comma-separated 0/1 label columns (default ch,nsp)")] = None,
+    label_columns: Annotated[
+        str | None, typer.Option(help="comma-separated 0/1 label columns (default ch,nsp)")
+    ] = None,
     images: Annotated[bool, typer.Option(help="decode every photo (slower, thorough)")] = True,
 ) -> None:
     """Check a manifest and its photos; list every problem with its row."""
@@ -88,12 +110,15 @@ def validate(
     except USER_ERRORS as e:
         _fail(e)
     t = m.table
-    console.print(f"[green]ok[/green]: {len(t)} photos of "
-                  f"{t[data_cfg.subject_column].nunique()} subjects"
-                  + (", photos decoded" if images else ""))
+    console.print(
+        f"[green]ok[/green]: {len(t)} photos of "
+        f"{t[data_cfg.subject_column].nunique()} subjects" + (", photos decoded" if images else "")
+    )
     for col in data_cfg.label_columns:
-        console.print(f"  {col}=1: {int(t[col].sum())} photos, "
-                      f"{t.loc[t[col] == 1, data_cfg.subject_column].nunique()} subjects")
+        console.print(
+            f"  {col}=1: {int(t[col].sum())} photos, "
+            f"{t.loc[t[col] == 1, data_cfg.subject_column].nunique()} subjects"
+        )
 
 
 def main() -> None:

@@ -125,8 +125,10 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> StudyConfig:
-        for kind, names in (("task", [t.name for t in self.tasks]),
-                            ("model", [m.name for m in self.models])):
+        for kind, names in (
+            ("task", [t.name for t in self.tasks]),
+            ("model", [m.name for m in self.models]),
+        ):
             if not names:
                 raise ValueError(f"at least one {kind} is needed")
             dupes = sorted({n for n in names if names.count(n) > 1})
@@ -157,9 +159,16 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
-        lines.append(f"  {loc}: {msg}" + (f" (got {e['input']!r})" if "input" in e
-                                             and e["type"] != "extra_forbidden"
-                                             and not isinstance(e["input"], dict) else ""))
+        lines.append(
+            f"  {loc}: {msg}"
+            + (
+                f" (got {e['input']!r})"
+                if "input" in e
+                and e["type"] != "extra_forbidden"
+                and not isinstance(e["input"], dict)
+                else ""
+            )
+        )
     return "\n".join(lines)
 
 

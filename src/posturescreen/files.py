@@ -50,5 +50,6 @@ def ensure_writable_dir(path: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise OutputError(e.errno, f"output folder {path} is not writable: "
-                                   f"{e.strerror or e}") from e
+        raise OutputError(
+            e.errno, f"output folder {path} is not writable: {e.strerror or e}"
+        ) from e

@@ -18,18 +18,27 @@ class FoldError(ValueError):
 def _check_classes(labels: np.ndarray, groups: np.ndarray, n_splits: int, what: str) -> None:
     classes = np.unique(labels)
     if len(classes) < 2:
-        raise FoldError(f"{what}: only one class present (label {classes.tolist()}); "
-                        "a task needs positives and negatives")
+        raise FoldError(
+            f"{what}: only one class present (label {classes.tolist()}); "
+            "a task needs positives and negatives"
+        )
     for cls in classes:
         n_subjects = len(np.unique(groups[labels == cls]))
         if n_subjects < n_splits:
-            raise FoldError(f"{what}: only {n_subjects} subject(s) with label {cls}, "
-                            f"fewer than the {n_splits} splits asked for")
+            raise FoldError(
+                f"{what}: only {n_subjects} subject(s) with label {cls}, "
+                f"fewer than the {n_splits} splits asked for"
+            )
 
 
 def outer_folds(
-    labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int,
-    scheme: str = "stratified_group", sites: np.ndarray | None = None, what: str = "task",
+    labels: np.ndarray,
+    groups: np.ndarray,
+    n_folds: int,
+    seed: int,
+    scheme: str = "stratified_group",
+    sites: np.ndarray | None = None,
+    what: str = "task",
 ) -> np.ndarray:
     """Fold index (0..k-1) per photo."""
     labels, groups = np.asarray(labels), np.asarray(groups)
@@ -78,5 +87,7 @@ def assert_disjoint(groups: np.ndarray, fold: np.ndarray) -> None:
     seen: dict[object, int] = {}
     for g, f in zip(groups, fold, strict=True):
         if seen.setdefault(g, f) != f:
-            raise AssertionError(f"subject {g!r} appears in folds {seen[g]} and {f}: "
-                                 "folds must be grouped by subject")
+            raise AssertionError(
+                f"subject {str(g)!r} appears in folds {seen[g]} and {f}: "
+                "folds must be grouped by subject"
+            )

@@ -56,8 +56,11 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> di
     }
 
 
-def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and mean ± t(level, k-1)·SD/√k over the finite values (NaN folds dropped)."""
+def t_interval(
+    values: np.ndarray, level: float = 0.95, bounds: tuple[float, float] | None = None
+) -> tuple[float, float, float]:
+    """Mean and mean ± t(level, k-1)·SD/√k over the finite values (NaN folds dropped),
+    optionally clipped to `bounds` (proportions cannot leave [0, 1])."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if len(v) == 0:
@@ -66,12 +69,20 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, f
     if len(v) < 2:
         return mean, float("nan"), float("nan")
     half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return mean, float(mean - half), float(mean + half)
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return mean, float(lo), float(hi)
 
 
 def bootstrap_ci(
-    y_true: np.ndarray, prob: np.ndarray, pred: np.ndarray, groups: np.ndarray,
-    n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
+    y_true: np.ndarray,
+    prob: np.ndarray,
+    pred: np.ndarray,
+    groups: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> dict[str, tuple[float, float]]:
     """Percentile CI per metric over resamples of subjects (with replacement)."""
     y_true, prob, pred = np.asarray(y_true), np.asarray(prob), np.asarray(pred)
@@ -90,8 +101,11 @@ def bootstrap_ci(
         col = draws[:, j]
         finite = col[np.isfinite(col)]
         if len(finite) < len(col):
-            warnings.warn(f"{name}: {len(col) - len(finite)} of {len(col)} bootstrap resamples "
-                          "had a single class and were left out", stacklevel=2)
+            warnings.warn(
+                f"{name}: {len(col) - len(finite)} of {len(col)} bootstrap resamples "
+                "had a single class and were left out",
+                stacklevel=2,
+            )
         if len(finite) == 0:
             out[name] = (float("nan"), float("nan"))
         else:
@@ -110,13 +124,17 @@ def per_fold_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
         for name, value in m.items():
             if np.isnan(value):
                 warnings.warn(f"{task}/{model} fold {fold}: {name} undefined (NaN)", stacklevel=2)
-            rows.append({"task": task, "model": model, "fold": int(fold), "metric": name,
-                         "value": value})
+            rows.append(
+                {"task": task, "model": model, "fold": int(fold), "metric": name, "value": value}
+            )
     return pd.DataFrame(rows)
 
 
 def summarize(
-    predictions: pd.DataFrame, subject_column: str, n_resamples: int, seed: int,
+    predictions: pd.DataFrame,
+    subject_column: str,
+    n_resamples: int,
+    seed: int,
     level: float = 0.95,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tidy metrics (task, model, metric, estimate, ci_low, ci_high, ci_kind) and the
@@ -130,17 +148,37 @@ def summarize(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pooled = binary_metrics(y, p, d)
-        ci = bootstrap_ci(y, p, d, g[subject_column].to_numpy(), n_resamples,
-                          seed + task_names.index(task), level)
+        ci = bootstrap_ci(
+            y, p, d, g[subject_column].to_numpy(), n_resamples, seed + task_names.index(task), level
+        )
         fm = folds[(folds["task"] == task) & (folds["model"] == model)]
         for name in METRICS:
             lo, hi = ci[name]
-            rows.append({"task": task, "model": model, "metric": name,
-                         "estimate": pooled[name], "ci_low": lo, "ci_high": hi,
-                         "ci_kind": "bootstrap"})
-            mean, tlo, thi = t_interval(fm.loc[fm["metric"] == name, "value"].to_numpy(), level)
-            rows.append({"task": task, "model": model, "metric": name, "estimate": mean,
-                         "ci_low": tlo, "ci_high": thi, "ci_kind": "fold_t"})
+            rows.append(
+                {
+                    "task": task,
+                    "model": model,
+                    "metric": name,
+                    "estimate": pooled[name],
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "ci_kind": "bootstrap",
+                }
+            )
+            mean, tlo, thi = t_interval(
+                fm.loc[fm["metric"] == name, "value"].to_numpy(), level, bounds=(0.0, 1.0)
+            )
+            rows.append(
+                {
+                    "task": task,
+                    "model": model,
+                    "metric": name,
+                    "estimate": mean,
+                    "ci_low": tlo,
+                    "ci_high": thi,
+                    "ci_kind": "fold_t",
+                }
+            )
     return pd.DataFrame(rows), folds
 
 
@@ -158,8 +196,9 @@ def paper_table(metrics: pd.DataFrame, ci_kind: str) -> pd.DataFrame:
     sel = metrics[metrics["ci_kind"] == ci_kind]
     table = {}
     for (task, model), g in sel.groupby(["task", "model"], sort=False):
-        table[(task, model)] = {r.metric: format_estimate(r.estimate, r.ci_low, r.ci_high)
-                                for r in g.itertuples()}
+        table[(task, model)] = {
+            r.metric: format_estimate(r.estimate, r.ci_low, r.ci_high) for r in g.itertuples()
+        }
     out = pd.DataFrame.from_dict(table, orient="index")[list(METRICS)]
     out.index = pd.MultiIndex.from_tuples(out.index, names=["task", "model"])
     return out.reset_index()

@@ -61,12 +61,14 @@ def _last(module: nn.Sequential) -> tuple[nn.Module, str]:
 
 _TORCHVISION: dict[str, _TorchvisionEntry] = {
     "vgg19": _TorchvisionEntry(
-        torchvision.models.vgg19, torchvision.models.VGG19_Weights.IMAGENET1K_V1,
+        torchvision.models.vgg19,
+        torchvision.models.VGG19_Weights.IMAGENET1K_V1,
         lambda m: _last(m.classifier),
         lambda m: m.features[35],  # last conv ReLU, not the final max-pool
     ),
     "resnet50": _TorchvisionEntry(
-        torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
+        torchvision.models.resnet50,
+        torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
         lambda m: (m, "fc"),
         lambda m: m.layer4[-1],
     ),
@@ -105,8 +107,9 @@ def preprocessing_for(name: str, image_size: int | None = None) -> Preprocessing
         size,
         tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        cfg.get("interpolation", "bicubic") if cfg.get("interpolation") in
-        ("bicubic", "bilinear") else "bilinear",
+        cfg.get("interpolation", "bicubic")
+        if cfg.get("interpolation") in ("bicubic", "bilinear")
+        else "bilinear",
     )
 
 
@@ -115,8 +118,10 @@ def _unknown_model_message(name: str) -> str:
 
     close = difflib.get_close_matches(name, list(dict.fromkeys(available_models())), n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return (f"unknown model {name!r}: not one of the paper's {list(PAPER_MODELS)} nor a timm "
-            f"architecture.{hint}")
+    return (
+        f"unknown model {name!r}: not one of the paper's {list(PAPER_MODELS)} nor a timm "
+        f"architecture.{hint}"
+    )
 
 
 def target_layer(model: nn.Module, name: str) -> nn.Module:
@@ -156,7 +161,8 @@ def _offline_message(name: str, url: str, cache_path: Path | None) -> str:
         f"ImageNet weights for {name!r} are not on this machine and {urlparse(url).hostname} "
         f"cannot be reached.\n  Download\n    {url}\n  on a machine with internet, then "
         f"{where}pass the file with `pretrained: /path/to/file` in the config "
-        f"(or --set models.pretrained=/path/to/file). `pretrained: none` trains from scratch.")
+        f"(or --set models.pretrained=/path/to/file). `pretrained: none` trains from scratch."
+    )
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -202,12 +208,17 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped_head = [k for k in state if k in own and own[k].shape != state[k].shape]
     missing = [k for k in own if k not in usable]
-    non_head_missing = [k for k in missing if k not in skipped_head
-                        and not any(k.startswith(p.rsplit(".", 1)[0]) for p in skipped_head)]
+    non_head_missing = [
+        k
+        for k in missing
+        if k not in skipped_head
+        and not any(k.startswith(p.rsplit(".", 1)[0]) for p in skipped_head)
+    ]
     if non_head_missing:
         raise WeightsUnavailableError(
             f"{source}: does not fit this architecture; {len(non_head_missing)} tensors missing, "
-            f"e.g. {non_head_missing[:3]}")
+            f"e.g. {non_head_missing[:3]}"
+        )
     model.load_state_dict(usable, strict=False)
 
 
@@ -242,8 +253,9 @@ def _timm_imagenet(name: str, model: nn.Module) -> WeightsInfo:
     cfg = timm.get_pretrained_cfg(name)
     hub_id = cfg.hf_hub_id if cfg is not None else None
     if not hub_id:
-        raise WeightsUnavailableError(f"timm has no ImageNet weights for {name!r}; use "
-                                      "`pretrained: none` or a weights file")
+        raise WeightsUnavailableError(
+            f"timm has no ImageNet weights for {name!r}; use `pretrained: none` or a weights file"
+        )
     from huggingface_hub import try_to_load_from_cache
 
     for fname in ("model.safetensors", "pytorch_model.bin"):
@@ -299,6 +311,7 @@ def _file_weights(model: nn.Module, pretrained: str) -> WeightsInfo:
     path = Path(pretrained).expanduser()
     if not path.is_file():
         raise WeightsUnavailableError(
-            f"pretrained: {pretrained!r} is neither 'imagenet', 'none' nor an existing file")
+            f"pretrained: {pretrained!r} is neither 'imagenet', 'none' nor an existing file"
+        )
     load_backbone_weights(model, read_state_dict(path), str(path))
     return WeightsInfo("file", str(path.resolve()), sha256_file(path))

@@ -41,7 +41,7 @@ from posturescreen.folds import assert_disjoint, inner_split, outer_folds
 from posturescreen.metrics import METRICS, paper_table, summarize
 from posturescreen.models import Preprocessing, WeightsInfo, build_model, preprocessing_for
 from posturescreen.tasks import all_task_labels, class_counts
-from posturescreen.training import FoldData, train_fold
+from posturescreen.training import FoldData, seed_everything, train_fold
 
 
 class RunFolderConflict(RuntimeError):
@@ -70,10 +70,23 @@ def safe_name(name: str) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "platform": platform.platform(),
-           "posturescreen": __version__}
-    for pkg in ("torch", "torchvision", "timm", "kornia", "numpy", "pandas", "scikit-learn",
-                "scipy", "pillow", "grad-cam"):
+    out = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "posturescreen": __version__,
+    }
+    for pkg in (
+        "torch",
+        "torchvision",
+        "timm",
+        "kornia",
+        "numpy",
+        "pandas",
+        "scikit-learn",
+        "scipy",
+        "pillow",
+        "grad-cam",
+    ):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -110,8 +123,9 @@ class _RichReporter:
         self.progress, self.bar, self.job = progress, epoch_bar, job
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
-        self.progress.reset(self.bar, total=steps,
-                            description=f"{self.job} · epoch {epoch}/{epochs}")
+        self.progress.reset(
+            self.bar, total=steps, description=f"{self.job} · epoch {epoch}/{epochs}"
+        )
 
     def step(self) -> None:
         self.progress.advance(self.bar)
@@ -128,8 +142,12 @@ class LocalExecutor:
         self.reporter: _RichReporter | None = None
 
     def run(self, jobs: list[Job], fn: Callable[[Job], None]) -> None:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=self.console, transient=False) as progress:
             overall = progress.add_task("study jobs", total=len(jobs))
             epoch_bar = progress.add_task("", total=1)
@@ -140,10 +158,15 @@ class LocalExecutor:
 
 
 def _config_record(cfg: StudyConfig, data_hash: str) -> dict:
-    return {"posturescreen_run": {"fingerprint": cfg.fingerprint(), "data_hash": data_hash,
-                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  "versions": library_versions()},
-            **cfg.model_dump(mode="json")}
+    return {
+        "posturescreen_run": {
+            "fingerprint": cfg.fingerprint(),
+            "data_hash": data_hash,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": library_versions(),
+        },
+        **cfg.model_dump(mode="json"),
+    }
 
 
 def _check_run_folder(run_dir: Path, cfg: StudyConfig, data_hash: str | None) -> None:
@@ -154,8 +177,9 @@ def _check_run_folder(run_dir: Path, cfg: StudyConfig, data_hash: str | None) ->
         old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         meta = old.get("posturescreen_run", {})
     except (yaml.YAMLError, AttributeError) as e:
-        raise RunFolderConflict(f"{path} is not a readable posturescreen config ({e}); "
-                                "use another --out") from e
+        raise RunFolderConflict(
+            f"{path} is not a readable posturescreen config ({e}); use another --out"
+        ) from e
     if meta.get("fingerprint") != cfg.fingerprint():
         new = cfg.model_dump(mode="json")
         diffs = _diff_keys({k: v for k, v in old.items() if k != "posturescreen_run"}, new)
@@ -163,11 +187,13 @@ def _check_run_folder(run_dir: Path, cfg: StudyConfig, data_hash: str | None) ->
         raise RunFolderConflict(
             f"{run_dir} holds a study made with a different config (differs in: "
             f"{', '.join(diffs[:8]) or 'unknown keys'}). Results are never mixed: choose "
-            "another --out, or delete that folder to start over.")
+            "another --out, or delete that folder to start over."
+        )
     if data_hash is not None and meta.get("data_hash") != data_hash:
         raise RunFolderConflict(
             f"{run_dir} holds a study made on different data (manifest or photos changed). "
-            "Results are never mixed: choose another --out, or delete that folder.")
+            "Results are never mixed: choose another --out, or delete that folder."
+        )
 
 
 def _diff_keys(a: object, b: object, prefix: str = "") -> list[str]:
@@ -179,14 +205,14 @@ def _diff_keys(a: object, b: object, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
-def prepare_study(
-    cfg: StudyConfig, run_dir: Path, console: Console | None = None
-) -> StudyContext:
+def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = None) -> StudyContext:
     """Validate data, decode photos once, build labels and folds, write config and cohort."""
     console = console or Console(stderr=True)
     if cfg.data.manifest is None:
-        raise ManifestError(Path("<none>"), [Problem("no manifest given: pass --data "
-                                                     "MANIFEST or set data.manifest")])
+        raise ManifestError(
+            Path("<none>"),
+            [Problem("no manifest given: pass --data MANIFEST or set data.manifest")],
+        )
     run_dir = Path(run_dir)
     _check_run_folder(run_dir, cfg, None)
     ensure_writable_dir(run_dir)
@@ -195,10 +221,16 @@ def prepare_study(
     preprocessing = {m.name: preprocessing_for(m.name, m.image_size) for m in cfg.models}
     sizes = {p.input_size: p.interpolation for p in preprocessing.values()}
     paths = [Path(p) for p in manifest.table["image_path"]]
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task(f"decoding {len(paths)} photos at {sorted(sizes)} px",
-                                total=len(paths))
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task(
+            f"decoding {len(paths)} photos at {sorted(sizes)} px", total=len(paths)
+        )
         cache = build_image_cache(paths, sizes, lambda n: progress.advance(bar, n))
     table = _drop_bad_images(manifest, cache, cfg, run_dir, console)
 
@@ -208,33 +240,53 @@ def prepare_study(
     _check_run_folder(run_dir, cfg, data_hash)
 
     cohort = _build_cohort(table, cfg)
-    atomic_write_text(run_dir / "config.yaml",
-                      yaml.safe_dump(_config_record(cfg, data_hash), sort_keys=False))
+    atomic_write_text(
+        run_dir / "config.yaml", yaml.safe_dump(_config_record(cfg, data_hash), sort_keys=False)
+    )
     atomic_write_csv(run_dir / "cohort.csv", cohort.drop(columns=["image_path"]))
-    counts = class_counts(cohort, {t.name: cohort[f"label_{t.name}"].dropna().astype(int)
-                                   for t in cfg.tasks}, cfg.data.subject_column)
+    counts = class_counts(
+        cohort,
+        {t.name: cohort[f"label_{t.name}"].dropna().astype(int) for t in cfg.tasks},
+        cfg.data.subject_column,
+    )
     atomic_write_csv(run_dir / "class_counts.csv", counts)
     return StudyContext(cfg, run_dir, cohort, cache, preprocessing)
 
 
-def _drop_bad_images(manifest: Manifest, cache: ImageCache, cfg: StudyConfig, run_dir: Path,
-                     console: Console) -> pd.DataFrame:
+def _drop_bad_images(
+    manifest: Manifest, cache: ImageCache, cfg: StudyConfig, run_dir: Path, console: Console
+) -> pd.DataFrame:
     table = manifest.table
     bad = {**manifest.bad_images, **cache.errors}
     if not bad:
         return table
-    problems = [Problem(msg, int(table.at[i, "row"]), cfg.data.image_column)
-                for i, msg in sorted(bad.items())]
+    problems = [
+        Problem(msg, int(table.at[i, "row"]), cfg.data.image_column)
+        for i, msg in sorted(bad.items())
+    ]
     if not cfg.data.skip_bad_images:
-        raise ManifestError(Path(cfg.data.manifest), problems + [Problem(
-            "the study stops before training on unreadable photos; fix or remove them, or "
-            "rerun with --skip-bad-images to train without them")])
-    skipped = pd.DataFrame({"row": [p.row for p in problems],
-                            "image": [table.at[i, cfg.data.image_column] for i in sorted(bad)],
-                            "problem": [p.message for p in problems]})
+        raise ManifestError(
+            Path(cfg.data.manifest),
+            problems
+            + [
+                Problem(
+                    "the study stops before training on unreadable photos; fix or remove them, or "
+                    "rerun with --skip-bad-images to train without them"
+                )
+            ],
+        )
+    skipped = pd.DataFrame(
+        {
+            "row": [p.row for p in problems],
+            "image": [table.at[i, cfg.data.image_column] for i in sorted(bad)],
+            "problem": [p.message for p in problems],
+        }
+    )
     atomic_write_csv(run_dir / "skipped_images.csv", skipped)
-    console.print(f"[yellow]skipping {len(bad)} unreadable photo(s); listed in "
-                  f"{run_dir / 'skipped_images.csv'}[/yellow]")
+    console.print(
+        f"[yellow]skipping {len(bad)} unreadable photo(s); listed in "
+        f"{run_dir / 'skipped_images.csv'}[/yellow]"
+    )
     return table.drop(index=sorted(bad))
 
 
@@ -248,8 +300,14 @@ def _build_cohort(table: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
         y = labels[task.name]
         cohort[f"label_{task.name}"] = pd.Series(y, dtype="Int64")
         fold = outer_folds(
-            y.to_numpy(), subjects[y.index].to_numpy(), cfg.cv.folds, cfg.seed, cfg.cv.scheme,
-            sites[y.index].to_numpy() if sites is not None else None, f"task {task.name!r}")
+            y.to_numpy(),
+            subjects[y.index].to_numpy(),
+            cfg.cv.folds,
+            cfg.seed,
+            cfg.cv.scheme,
+            sites[y.index].to_numpy() if sites is not None else None,
+            f"task {task.name!r}",
+        )
         cohort[f"fold_{task.name}"] = pd.Series(fold, index=y.index, dtype="Int64")
     return cohort
 
@@ -267,9 +325,13 @@ def run_job(ctx: StudyContext, job: Job, reporter=None) -> bool:
     subjects = in_task[cfg.data.subject_column].astype(str).to_numpy()
     labels = in_task[label_col].astype(int).to_numpy()
     is_test = in_task[fold_col].to_numpy() == job.fold
-    inner_train, inner_val = inner_split(labels[~is_test], subjects[~is_test],
-                                         cfg.cv.inner_val_fraction, job.seed(cfg.seed),
-                                         f"{job}")
+    inner_train, inner_val = inner_split(
+        labels[~is_test],
+        subjects[~is_test],
+        cfg.cv.inner_val_fraction,
+        job.seed(cfg.seed),
+        f"{job}",
+    )
     cache_idx = in_task.index.to_numpy()
     train_idx = cache_idx[~is_test][inner_train]
     val_idx = cache_idx[~is_test][inner_val]
@@ -279,42 +341,72 @@ def run_job(ctx: StudyContext, job: Job, reporter=None) -> bool:
     all_subjects = cohort[cfg.data.subject_column].astype(str)
     assert not set(all_subjects[val_idx]) & set(all_subjects[train_idx])
 
+    seed_everything(job.seed(cfg.seed))  # the new head's init must not depend on job order
     model, weights = build_model(job.model, model_cfg.pretrained)
     ctx.weights[job.model] = weights
     t0 = time.perf_counter()
-    data = FoldData(ctx.cache.arrays[prep.input_size], train_idx,
-                    labels[~is_test][inner_train], val_idx, labels[~is_test][inner_val],
-                    test_idx)
-    result = train_fold(model, prep, data, cfg.train, cfg.threshold, job.seed(cfg.seed),
-                        reporter)
+    data = FoldData(
+        ctx.cache.arrays[prep.input_size],
+        train_idx,
+        labels[~is_test][inner_train],
+        val_idx,
+        labels[~is_test][inner_val],
+        test_idx,
+    )
+    result = train_fold(model, prep, data, cfg.train, cfg.threshold, job.seed(cfg.seed), reporter)
     seconds = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "checkpoint.safetensors",
-                 lambda p: save_file({k: v.contiguous() for k, v in result.state_dict.items()},
-                                     str(p)))
+    atomic_write(
+        out / "checkpoint.safetensors",
+        lambda p: save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(p)),
+    )
     atomic_write_csv(out / "train_log.csv", result.history)
 
     def _frame(idx: np.ndarray, prob: np.ndarray, y: np.ndarray) -> pd.DataFrame:
         rows = cohort.loc[idx]
-        return pd.DataFrame({
-            "task": job.task, "model": job.model, "fold": job.fold, "row": rows["row"].values,
-            cfg.data.subject_column: rows[cfg.data.subject_column].astype(str).values,
-            "image": rows[cfg.data.image_column].values, "label": y, "prob": prob,
-            "threshold": result.threshold, "pred": (prob >= result.threshold).astype(int)})
+        return pd.DataFrame(
+            {
+                "task": job.task,
+                "model": job.model,
+                "fold": job.fold,
+                "row": rows["row"].values,
+                cfg.data.subject_column: rows[cfg.data.subject_column].astype(str).values,
+                "image": rows[cfg.data.image_column].values,
+                "label": y,
+                "prob": prob,
+                "threshold": result.threshold,
+                "pred": (prob >= result.threshold).astype(int),
+            }
+        )
 
-    atomic_write_csv(out / "val_predictions.csv",
-                     _frame(val_idx, result.val_prob, labels[~is_test][inner_val]))
-    atomic_write_text(out / "fold.json", json.dumps({
-        "task": job.task, "model": job.model, "fold": job.fold, "seed": job.seed(cfg.seed),
-        "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-        "threshold": result.threshold, "threshold_rule": result.threshold_rule,
-        "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx),
-        "preprocessing": prep.__dict__, "weights": weights.__dict__,
-        "train_seconds": round(seconds, 2)}, indent=2))
+    atomic_write_csv(
+        out / "val_predictions.csv", _frame(val_idx, result.val_prob, labels[~is_test][inner_val])
+    )
+    atomic_write_text(
+        out / "fold.json",
+        json.dumps(
+            {
+                "task": job.task,
+                "model": job.model,
+                "fold": job.fold,
+                "seed": job.seed(cfg.seed),
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+                "threshold": result.threshold,
+                "threshold_rule": result.threshold_rule,
+                "n_train": len(train_idx),
+                "n_val": len(val_idx),
+                "n_test": len(test_idx),
+                "preprocessing": prep.__dict__,
+                "weights": weights.__dict__,
+                "train_seconds": round(seconds, 2),
+            },
+            indent=2,
+        ),
+    )
     # written last: its presence marks the job done
-    atomic_write_csv(out / "predictions.csv", _frame(test_idx, result.test_prob,
-                                                     labels[is_test]))
+    atomic_write_csv(out / "predictions.csv", _frame(test_idx, result.test_prob, labels[is_test]))
     return True
 
 
@@ -322,16 +414,16 @@ def collect_predictions(run_dir: Path, jobs: Iterable[Job]) -> pd.DataFrame:
     frames = []
     for job in jobs:
         path = job.directory(run_dir) / "predictions.csv"
-        frames.append(pd.read_csv(path, dtype={"fold": int}, keep_default_na=False,
-                                  na_values=[""]))
+        frames.append(pd.read_csv(path, dtype={"fold": int}, keep_default_na=False, na_values=[""]))
     return pd.concat(frames, ignore_index=True)
 
 
 def markdown_table(table: pd.DataFrame) -> str:
     cols = [str(c) for c in table.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |"
-              for row in table.itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)
+    ]
     return "\n".join(lines)
 
 
@@ -339,21 +431,27 @@ def write_results(ctx: StudyContext, predictions: pd.DataFrame) -> pd.DataFrame:
     cfg = ctx.cfg
     subject_col = cfg.data.subject_column
     predictions[subject_col] = predictions[subject_col].astype(str)
-    metrics, per_fold = summarize(predictions, subject_col, cfg.metrics.bootstrap, cfg.seed,
-                                  cfg.metrics.ci_level)
+    metrics, per_fold = summarize(
+        predictions, subject_col, cfg.metrics.bootstrap, cfg.seed, cfg.metrics.ci_level
+    )
     atomic_write_csv(ctx.run_dir / "predictions.csv", predictions)
     atomic_write_csv(ctx.run_dir / "metrics.csv", metrics)
     atomic_write_csv(ctx.run_dir / "metrics_per_fold.csv", per_fold)
     level = round(cfg.metrics.ci_level * 100)
     md = [
-        f"# {cfg.name}: results", "",
+        f"# {cfg.name}: results",
+        "",
         f"Primary: pooled out-of-fold estimate with a subject-level bootstrap {level}% CI "
         f"({cfg.metrics.bootstrap} resamples, seed {cfg.seed}). Threshold: "
-        f"{_threshold_text(cfg)}.", "",
-        markdown_table(paper_table(metrics, "bootstrap")), "",
+        f"{_threshold_text(cfg)}.",
+        "",
+        markdown_table(paper_table(metrics, "bootstrap")),
+        "",
         f"Secondary (the paper's style): mean over the {cfg.cv.folds} folds ± "
-        f"t(0.975, k−1)·SD/√k.", "",
-        markdown_table(paper_table(metrics, "fold_t")), "",
+        f"t(0.975, k−1)·SD/√k, clipped to [0, 1].",
+        "",
+        markdown_table(paper_table(metrics, "fold_t")),
+        "",
     ]
     atomic_write_text(ctx.run_dir / "metrics.md", "\n".join(md))
     return metrics
@@ -379,8 +477,11 @@ def print_results(metrics: pd.DataFrame, run_dir: Path, console: Console | None 
 
 
 def run_study(
-    cfg: StudyConfig, run_dir: Path, executor: Executor | None = None,
-    console: Console | None = None, max_jobs: int | None = None,
+    cfg: StudyConfig,
+    run_dir: Path,
+    executor: Executor | None = None,
+    console: Console | None = None,
+    max_jobs: int | None = None,
 ) -> pd.DataFrame | None:
     """Run (or resume) the whole grid; returns the tidy metrics, or None when stopped early
     by `max_jobs`."""
@@ -403,5 +504,14 @@ def run_study(
     return write_results(ctx, collect_predictions(ctx.run_dir, jobs))
 
 
-__all__ = ["Job", "LocalExecutor", "RunFolderConflict", "StudyContext", "prepare_study",
-           "run_job", "run_study", "print_results", "METRICS"]
+__all__ = [
+    "Job",
+    "LocalExecutor",
+    "RunFolderConflict",
+    "StudyContext",
+    "prepare_study",
+    "run_job",
+    "run_study",
+    "print_results",
+    "METRICS",
+]

@@ -21,8 +21,9 @@ def _query_mask(table: pd.DataFrame, task: TaskConfig, which: str, expr: str) ->
             f"({type(e).__name__}: {e}); columns are: {', '.join(map(str, table.columns))}"
         ) from e
     if not isinstance(mask, pd.Series) or mask.dtype != bool:
-        raise ConfigError(f"task {task.name!r}: {which} query {expr!r} must give True/False "
-                          "per photo")
+        raise ConfigError(
+            f"task {task.name!r}: {which} query {expr!r} must give True/False per photo"
+        )
     return mask
 
 
@@ -33,8 +34,9 @@ def task_labels(table: pd.DataFrame, cfg: StudyConfig, task: TaskConfig) -> pd.S
     neg = _query_mask(table, task, "negative", cfg.negative_query(task))
     both = table.loc[pos & neg, "row"].tolist()
     if both:
-        raise ConfigError(f"task {task.name!r}: rows {both[:10]} match both the positive and "
-                          "the negative query")
+        raise ConfigError(
+            f"task {task.name!r}: rows {both[:10]} match both the positive and the negative query"
+        )
     labels = pd.Series(pd.NA, index=table.index, dtype="Int64")
     labels[pos] = 1
     labels[neg] = 0
@@ -54,6 +56,12 @@ def class_counts(
         subjects = table.loc[y.index, subject_column]
         for cls, cls_name in ((1, "positive"), (0, "negative")):
             sel = y == cls
-            rows.append({"task": name, "class": cls_name, "subjects": subjects[sel].nunique(),
-                         "photos": int(sel.sum())})
+            rows.append(
+                {
+                    "task": name,
+                    "class": cls_name,
+                    "subjects": subjects[sel].nunique(),
+                    "photos": int(sel.sum()),
+                }
+            )
     return pd.DataFrame(rows)

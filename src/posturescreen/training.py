@@ -46,7 +46,8 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
 def autocast_for(device: torch.device, precision: str):
     """bf16 autocast where asked for (auto: CUDA with bf16 support), else a no-op."""
     use_bf16 = precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
     if use_bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
@@ -80,15 +81,19 @@ def to_unit_float(batch_u8: np.ndarray, device: torch.device) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_probs(
-    model: nn.Module, images: np.ndarray, prep: Preprocessing, device: torch.device,
-    batch_size: int = 32, precision: str = "auto",
+    model: nn.Module,
+    images: np.ndarray,
+    prep: Preprocessing,
+    device: torch.device,
+    batch_size: int = 32,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Positive-class probabilities for uint8 (N, 3, S, S) images."""
     model.eval()
     norm = Normalizer(prep, device)
     out = []
     for start in range(0, len(images), batch_size):
-        x = norm(to_unit_float(images[start:start + batch_size], device))
+        x = norm(to_unit_float(images[start : start + batch_size], device))
         with autocast_for(device, precision):
             logits = model(x)
         out.append(torch.sigmoid(logits.float().view(-1)).cpu().numpy())
@@ -159,12 +164,18 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
     return f
 
 
 def train_fold(
-    model: nn.Module, prep: Preprocessing, data: FoldData, cfg: TrainConfig,
-    threshold: ThresholdConfig, seed: int, reporter: Reporter | None = None,
+    model: nn.Module,
+    prep: Preprocessing,
+    data: FoldData,
+    cfg: TrainConfig,
+    threshold: ThresholdConfig,
+    seed: int,
+    reporter: Reporter | None = None,
 ) -> FoldResult:
     reporter = reporter or _Silent()
     seed_everything(seed, cfg.deterministic)
@@ -178,8 +189,9 @@ def train_fold(
     n_pos = int(data.y_train.sum())
     n_neg = len(data.y_train) - n_pos
     pos_weight = torch.tensor([n_neg / max(n_pos, 1)]) if cfg.class_weighted_loss else None
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device) if pos_weight is not None
-                                   else None)
+    loss_fn = nn.BCEWithLogitsLoss(
+        pos_weight=pos_weight.to(device) if pos_weight is not None else None
+    )
     eval_loss = nn.BCELoss()
 
     n = len(data.train_idx)
@@ -189,7 +201,8 @@ def train_fold(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch)))
+        optimizer, _lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch))
+    )
     shuffler = np.random.default_rng(seed)
 
     history: list[dict] = []
@@ -203,7 +216,7 @@ def train_fold(
         order = shuffler.permutation(n)
         losses = []
         for step in range(steps_per_epoch):
-            idx = order[step * batch:(step + 1) * batch]
+            idx = order[step * batch : (step + 1) * batch]
             x = norm(augment(to_unit_float(data.images[data.train_idx[idx]], device)))
             y = torch.from_numpy(data.y_train[idx].astype(np.float32)).to(device)
             with autocast_for(device, cfg.precision):
@@ -215,15 +228,22 @@ def train_fold(
             scheduler.step()
             losses.append(float(loss.detach()))
             reporter.step()
-        val_prob = predict_probs(model, val_images, prep, device, cfg.batch_size * 2,
-                                 cfg.precision)
+        val_prob = predict_probs(model, val_images, prep, device, cfg.batch_size * 2, cfg.precision)
         val_auc = safe_auc(data.y_val, val_prob)
-        val_loss = float(eval_loss(
-            torch.from_numpy(val_prob.astype(np.float64)).clamp(1e-7, 1 - 1e-7),
-            torch.from_numpy(data.y_val.astype(np.float64))))
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-               "val_auc": val_auc, "lr": optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - t0}
+        val_loss = float(
+            eval_loss(
+                torch.from_numpy(val_prob.astype(np.float64)).clamp(1e-7, 1 - 1e-7),
+                torch.from_numpy(data.y_val.astype(np.float64)),
+            )
+        )
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "val_loss": val_loss,
+            "val_auc": val_auc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+        }
         score = val_auc if not math.isnan(val_auc) else -val_loss
         improved = score > best_auc
         row["best"] = improved
@@ -231,8 +251,7 @@ def train_fold(
         reporter.end_epoch(row)
         if improved:
             best_auc, best_epoch, epochs_since_best = score, epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in
-                          model.state_dict().items()}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             best_val_prob = val_prob
         else:
             epochs_since_best += 1
@@ -245,7 +264,9 @@ def train_fold(
         thr = youden_threshold(data.y_val, best_val_prob)
     else:
         thr = threshold.value
-    test_prob = predict_probs(model, data.images[data.test_idx], prep, device,
-                              cfg.batch_size * 2, cfg.precision)
-    return FoldResult(pd.DataFrame(history), best_epoch, thr, threshold.rule, best_val_prob,
-                      test_prob, best_state)
+    test_prob = predict_probs(
+        model, data.images[data.test_idx], prep, device, cfg.batch_size * 2, cfg.precision
+    )
+    return FoldResult(
+        pd.DataFrame(history), best_epoch, thr, threshold.rule, best_val_prob, test_prob, best_state
+    )

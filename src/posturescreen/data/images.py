@@ -99,7 +99,9 @@ def read_image_file(
 
 
 def letterbox(
-    img: Image.Image, size: int, interpolation: str = "bicubic",
+    img: Image.Image,
+    size: int,
+    interpolation: str = "bicubic",
     fill: tuple[int, int, int] = (124, 116, 104),
 ) -> np.ndarray:
     """Resize keeping the aspect ratio and pad to size x size; returns uint8 (3, size, size)."""

@@ -69,15 +69,20 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame | None, list[Problem]]:
         text = raw.decode("utf-8-sig")  # tolerate the BOM spreadsheet programs write
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        return None, [Problem(f"not UTF-8 text (bad byte 0x{raw[e.start]:02x} on line {line}); "
-                              "save the file as UTF-8 CSV")]
+        return None, [
+            Problem(
+                f"not UTF-8 text (bad byte 0x{raw[e.start]:02x} on line {line}); "
+                "save the file as UTF-8 CSV"
+            )
+        ]
     if not text.strip():
         return None, [Problem("empty manifest (no header, no rows)")]
     import io
 
     try:
-        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
-                            skipinitialspace=True)
+        table = pd.read_csv(
+            io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True
+        )
     except pd.errors.ParserError as e:
         return None, [Problem(f"not a valid CSV file: {e}")]
     table.columns = [str(c).strip() for c in table.columns]
@@ -93,6 +98,16 @@ def _parse_label(value: str) -> int | None:
     if v in _FALSE_VALUES:
         return 0
     return None
+
+
+def _numeric_if_possible(values: pd.Series) -> pd.Series:
+    """Extra columns (age, landmarks, ...) become numbers when every filled cell is one, so
+    task queries like `age >= 40` work; empty cells become NaN."""
+    filled = values.str.strip().replace("", None)
+    try:
+        return pd.to_numeric(filled)
+    except (ValueError, TypeError):
+        return values
 
 
 def resolve_image_path(manifest_dir: Path, value: str) -> Path:
@@ -111,8 +126,11 @@ def _check_image_file(path: Path) -> str | None:
 
 
 def load_manifest(
-    path: Path | str, data: DataConfig | None = None, check_images: bool = False,
-    required_labels: bool = True, allow_bad_images: bool = False,
+    path: Path | str,
+    data: DataConfig | None = None,
+    check_images: bool = False,
+    required_labels: bool = True,
+    allow_bad_images: bool = False,
 ) -> Manifest:
     """Read and validate a manifest. Raises ManifestError listing every problem.
 
@@ -128,13 +146,17 @@ def load_manifest(
         raise ManifestError(path, problems)
 
     subject_col, image_col = data.subject_column, data.image_column
-    label_cols = list(data.label_columns) if required_labels else [
-        c for c in data.label_columns if c in table.columns]
+    label_cols = (
+        list(data.label_columns)
+        if required_labels
+        else [c for c in data.label_columns if c in table.columns]
+    )
     required = [subject_col, image_col, *label_cols]
     missing = [c for c in required if c not in table.columns]
     for c in missing:
-        problems.append(Problem(f"required column {c!r} is missing "
-                                f"(columns found: {', '.join(table.columns)})"))
+        problems.append(
+            Problem(f"required column {c!r} is missing (columns found: {', '.join(table.columns)})")
+        )
     if missing:
         raise ManifestError(path, problems)
 
@@ -148,16 +170,22 @@ def load_manifest(
     for col in label_cols:
         parsed = table[col].map(_parse_label)
         for i in table.index[parsed.isna()]:
-            problems.append(Problem(f"label must be 0 or 1, got {table.at[i, col]!r}",
-                                    row_number(i), col))
+            problems.append(
+                Problem(f"label must be 0 or 1, got {table.at[i, col]!r}", row_number(i), col)
+            )
         table[col] = parsed.astype("Int64")
 
     named = table[table[image_col] != ""]
     dupes = named[named.duplicated(image_col, keep=False)]
     for image, group in dupes.groupby(image_col, sort=False):
         rows = ", ".join(str(r) for r in group["row"])
-        problems.append(Problem(f"photo {image!r} is listed more than once (rows {rows})",
-                                int(group["row"].iloc[1]), image_col))
+        problems.append(
+            Problem(
+                f"photo {image!r} is listed more than once (rows {rows})",
+                int(group["row"].iloc[1]),
+                image_col,
+            )
+        )
 
     for col in label_cols:
         valid = table[table[col].notna() & (table[subject_col] != "")]
@@ -165,12 +193,18 @@ def load_manifest(
         for subject in per_subject.index[per_subject > 1]:
             rows = valid.loc[valid[subject_col] == subject, ["row", col]]
             detail = ", ".join(f"row {r}={v}" for r, v in rows.itertuples(index=False))
-            problems.append(Problem(f"subject {subject!r} has conflicting labels ({detail})",
-                                    int(rows["row"].iloc[0]), col))
+            problems.append(
+                Problem(
+                    f"subject {subject!r} has conflicting labels ({detail})",
+                    int(rows["row"].iloc[0]),
+                    col,
+                )
+            )
 
     manifest_dir = path.resolve().parent
-    table["image_path"] = [str(resolve_image_path(manifest_dir, v)) if v else ""
-                           for v in table[image_col]]
+    table["image_path"] = [
+        str(resolve_image_path(manifest_dir, v)) if v else "" for v in table[image_col]
+    ]
     bad_images: dict[int, str] = {}
     for i, p in zip(table.index, table["image_path"], strict=True):
         if not p:
@@ -188,8 +222,10 @@ def load_manifest(
         bad_images = {}
 
     if problems:
-        problems.sort(key=lambda p: (p.row or 0))
+        problems.sort(key=lambda p: p.row or 0)
         raise ManifestError(path, problems)
     for col in label_cols:
         table[col] = table[col].astype(int)
+    for col in table.columns.difference([subject_col, image_col, "row", "image_path", *label_cols]):
+        table[col] = _numeric_if_possible(table[col])
     return Manifest(path=path, table=table, data=data, bad_images=bad_images)

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from posturescreen.folds import FoldError, assert_disjoint, inner_split, outer_folds
+
+
+@st.composite
+def cohorts(draw):
+    n_subjects = draw(st.integers(16, 80))
+    photos = draw(st.lists(st.integers(1, 3), min_size=n_subjects, max_size=n_subjects))
+    prevalence = draw(st.floats(0.2, 0.8))
+    seed = draw(st.integers(0, 10_000))
+    rng = np.random.default_rng(seed)
+    subject_label = (rng.random(n_subjects) < prevalence).astype(int)
+    subject_label[:4] = [0, 0, 1, 1]
+    subject_label[4:8] = [0, 1, 0, 1]
+    groups = np.repeat(np.arange(n_subjects), photos)
+    return subject_label[groups], groups.astype(str), seed
+
+
+@settings(max_examples=40, deadline=None)
+@given(cohorts(), st.integers(2, 4))
+def test_outer_folds_are_disjoint_complete_and_stratified(cohort, k):
+    y, groups, seed = cohort
+    fold = outer_folds(y, groups, k, seed)
+    assert set(fold) == set(range(k))
+    for g in np.unique(groups):
+        assert len(set(fold[groups == g])) == 1
+    # stratified: every fold holds both classes and its positive rate stays near the total
+    overall = y.mean()
+    for f in range(k):
+        assert set(y[fold == f]) == {0, 1}
+        assert abs(y[fold == f].mean() - overall) < 0.3
+
+
+@settings(max_examples=40, deadline=None)
+@given(cohorts())
+def test_inner_split_is_subject_disjoint_with_both_classes(cohort):
+    y, groups, seed = cohort
+    train, val = inner_split(y, groups, 0.2, seed)
+    assert not set(groups[train]) & set(groups[val])
+    assert (train | val).all() and not (train & val).any()
+    assert set(y[val]) == {0, 1} and set(y[train]) == {0, 1}
+
+
+def test_folds_are_seeded():
+    y = np.array([0, 1] * 20)
+    g = np.arange(40).astype(str)
+    assert (outer_folds(y, g, 4, 7) == outer_folds(y, g, 4, 7)).all()
+    assert (outer_folds(y, g, 4, 7) != outer_folds(y, g, 4, 8)).any()
+
+
+def test_too_few_subjects_and_one_class_are_errors():
+    with pytest.raises(FoldError, match="only 1 subject"):
+        outer_folds(np.array([1, 1, 0, 0, 0, 0, 0]), np.array(list("aabcdef")), 4, 0)
+    with pytest.raises(FoldError, match="only one class"):
+        outer_folds(np.zeros(10, int), np.arange(10), 4, 0)
+
+
+def test_leave_site_out():
+    y = np.array([0, 1, 0, 1, 0, 1])
+    g = np.array(list("abcdef"))
+    sites = np.array(["x", "x", "y", "y", "z", "z"])
+    fold = outer_folds(y, g, 4, 0, "leave_site_out", sites)
+    assert list(fold) == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(FoldError, match="more than one site"):
+        outer_folds(
+            y,
+            np.array(list("aacdef")),
+            4,
+            0,
+            "leave_site_out",
+            np.array(["x", "y", "y", "y", "z", "z"]),
+        )
+    with pytest.raises(FoldError, match="site column"):
+        outer_folds(y, g, 4, 0, "leave_site_out", None)
+
+
+def test_assert_disjoint_catches_leak():
+    with pytest.raises(AssertionError, match="subject 'a'"):
+        assert_disjoint(np.array(["a", "a", "b"]), np.array([0, 1, 1]))

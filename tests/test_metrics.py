@@ -1,0 +1,122 @@
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from posturescreen.metrics import (
+    auc_score,
+    binary_metrics,
+    bootstrap_ci,
+    format_estimate,
+    t_interval,
+)
+
+
+def test_binary_metrics_match_sklearn():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    prob = np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)
+    prob[:20] = 0.5  # ties
+    pred = (prob >= 0.5).astype(int)
+    m = binary_metrics(y, prob, pred)
+    assert m["AUC"] == pytest.approx(roc_auc_score(y, prob))
+    assert m["ACC"] == pytest.approx(accuracy_score(y, pred))
+    assert m["Sen"] == pytest.approx(recall_score(y, pred))
+    assert m["Spe"] == pytest.approx(recall_score(1 - y, 1 - pred))
+    assert m["PPV"] == pytest.approx(precision_score(y, pred))
+    assert m["NPV"] == pytest.approx(precision_score(1 - y, 1 - pred))
+    assert m["F1"] == pytest.approx(f1_score(y, pred))
+
+
+def test_binary_metrics_hand_computed():
+    # tp=2, fn=1, tn=3, fp=1
+    y = np.array([1, 1, 1, 0, 0, 0, 0])
+    pred = np.array([1, 1, 0, 0, 0, 0, 1])
+    prob = np.array([0.9, 0.8, 0.3, 0.2, 0.1, 0.4, 0.6])
+    m = binary_metrics(y, prob, pred)
+    assert m["ACC"] == pytest.approx(5 / 7)
+    assert m["Sen"] == pytest.approx(2 / 3)
+    assert m["Spe"] == pytest.approx(3 / 4)
+    assert m["PPV"] == pytest.approx(2 / 3)
+    assert m["NPV"] == pytest.approx(3 / 4)
+    assert m["F1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    # pairs (pos, neg) ordered correctly: 0.9, 0.8 beat all 4; 0.3 beats 0.2 and 0.1 -> 10/12
+    assert m["AUC"] == pytest.approx(10 / 12)
+
+
+def test_one_class_gives_nan_not_crash():
+    y = np.ones(5, dtype=int)
+    m = binary_metrics(y, np.linspace(0, 1, 5), np.ones(5))
+    assert np.isnan(m["AUC"]) and np.isnan(m["Spe"]) and m["Sen"] == 1.0
+    assert np.isnan(auc_score(np.zeros(3), np.zeros(3)))
+
+
+def test_t_interval_known_numbers():
+    # values 0.7, 0.8, 0.9, 0.8: mean 0.8, sd 0.08165, t(0.975, 3) = 3.18245
+    mean, lo, hi = t_interval(np.array([0.7, 0.8, 0.9, 0.8]))
+    half = 3.182446305 * 0.0816496581 / 2
+    assert mean == pytest.approx(0.8)
+    assert lo == pytest.approx(0.8 - half, abs=1e-6)
+    assert hi == pytest.approx(0.8 + half, abs=1e-6)
+
+
+def test_t_interval_drops_nan_folds_and_clips():
+    mean, lo, hi = t_interval(np.array([0.99, np.nan, 0.5, 0.98]), bounds=(0, 1))
+    assert mean == pytest.approx((0.99 + 0.5 + 0.98) / 3)
+    assert hi == 1.0 and lo < mean
+    assert np.isnan(t_interval(np.array([0.5]))[1])
+
+
+def _cohort(n_subjects, rng):
+    """Two photos per subject sharing label and score (a worker's photos are alike)."""
+    groups = np.repeat(np.arange(n_subjects), 2)
+    y = np.repeat(rng.integers(0, 2, n_subjects), 2)
+    prob = np.repeat(np.clip(0.4 + 0.2 * y[::2] + rng.normal(0, 0.25, n_subjects), 0, 1), 2)
+    return y, prob, (prob >= 0.5).astype(int), groups
+
+
+def test_bootstrap_contains_estimate_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (40, 400):
+        y, p, d, g = _cohort(n, rng)
+        ci = bootstrap_ci(y, p, d, g, n_resamples=400, seed=3)
+        est = binary_metrics(y, p, d)
+        for name, (lo, hi) in ci.items():
+            assert lo <= est[name] <= hi, name
+        widths.append(ci["AUC"][1] - ci["AUC"][0])
+    assert widths[1] < widths[0] * 0.5  # about 1/sqrt(10) expected
+
+
+def test_bootstrap_is_seeded_and_resamples_subjects():
+    rng = np.random.default_rng(5)
+    y, p, d, g = _cohort(30, rng)
+    assert bootstrap_ci(y, p, d, g, 100, seed=1) == bootstrap_ci(y, p, d, g, 100, seed=1)
+    # a worker's two photos are not independent evidence: photo-level resampling would
+    # pretend they are and give a narrower interval
+    ci_subject = bootstrap_ci(y, p, d, g, 500, seed=1)["AUC"]
+    ci_photo = bootstrap_ci(y, p, d, np.arange(len(y)), 500, seed=1)["AUC"]
+    assert ci_subject[1] - ci_subject[0] > ci_photo[1] - ci_photo[0]
+
+
+def test_bootstrap_single_class_resamples_warn():
+    y = np.array([1, 0, 0, 0, 0, 0])
+    p = np.linspace(0, 1, 6)
+    with pytest.warns(UserWarning, match="single class"):
+        ci = bootstrap_ci(y, p, (p > 0.5).astype(int), np.arange(6), 200, seed=0)
+    assert all(np.isfinite(ci["ACC"]))
+
+
+def test_format_estimate():
+    assert format_estimate(0.782, 0.770, 0.793) == "0.782 (0.770–0.793)"
+    assert format_estimate(float("nan"), 0, 1) == "n/a"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert format_estimate(0.5, float("nan"), float("nan")) == "0.500"
