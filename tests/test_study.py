@@ -170,7 +170,7 @@ def test_cli_study_prints_the_table(tiny_manifest, tmp_path):
         args += ["--set", o]
     result = CliRunner().invoke(app, args, terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "Out-of-fold metrics" in result.output and "test_resnet" in result.output
+    assert "subject-level bootstrap" in result.output and "test_resnet" in result.output
     assert "results:" in result.output
     bad = CliRunner().invoke(
         app, [*args[:-2], "--out", str(tmp_path / "r2"), "--set", "train.epocs=2"]

@@ -15,6 +15,15 @@ class OutputError(OSError):
     """The run folder cannot be written (permissions, full disk, ...)."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
     """Call writer(tmp_path) on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
@@ -25,6 +34,7 @@ def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
         writer(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a run folder is for sharing
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)

@@ -38,7 +38,7 @@ from posturescreen.files import (
     ensure_writable_dir,
 )
 from posturescreen.folds import assert_disjoint, inner_split, outer_folds
-from posturescreen.metrics import METRICS, paper_table, summarize
+from posturescreen.metrics import METRICS, format_estimate, paper_table, summarize
 from posturescreen.models import Preprocessing, WeightsInfo, build_model, preprocessing_for
 from posturescreen.tasks import all_task_labels, class_counts
 from posturescreen.training import FoldData, seed_everything, train_fold
@@ -464,15 +464,23 @@ def _threshold_text(cfg: StudyConfig) -> str:
 
 
 def print_results(metrics: pd.DataFrame, run_dir: Path, console: Console | None = None) -> None:
+    """One table per task: metrics down, models across, so it fits an 80-column terminal."""
     console = console or Console()
-    table = paper_table(metrics, "bootstrap")
-    t = Table(title="Out-of-fold metrics, 95% CI (subject-level bootstrap)")
-    for c in table.columns:
-        t.add_column(str(c), no_wrap=True)
-    for row in table.itertuples(index=False):
-        # estimate over its CI, so the table fits a normal terminal
-        t.add_row(*[str(v).replace(" (", "\n(") for v in row])
-    console.print(t)
+    boot = metrics[metrics["ci_kind"] == "bootstrap"]
+    for task, g in boot.groupby("task", sort=False):
+        t = Table(title=f"{task}", title_justify="left",
+                  caption="out-of-fold estimate (95% CI, subject-level bootstrap)")
+        t.add_column("metric")
+        models = list(dict.fromkeys(g["model"]))
+        for m in models:
+            t.add_column(m, no_wrap=True)
+        for name in METRICS:
+            cells = []
+            for m in models:
+                r = g[(g["model"] == m) & (g["metric"] == name)].iloc[0]
+                cells.append(format_estimate(r.estimate, r.ci_low, r.ci_high))
+            t.add_row(name, *cells)
+        console.print(t)
     console.print(f"results: {run_dir.resolve()}  (metrics.csv, metrics.md)")
 
 
