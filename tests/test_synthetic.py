@@ -136,3 +136,19 @@ def test_demo_config_runs_end_to_end_at_tiny_size(small_cohort, tmp_path):
     assert [t.name for t in cfg.tasks] == ["CH", "NSP", "CH+NSP"]
     metrics = run_study(cfg, tmp_path / "demo")
     assert set(metrics["task"]) == {"CH", "NSP", "CH+NSP"}
+
+
+def test_synth_cli_writes_cohort_and_sheet(tmp_path):
+    from typer.testing import CliRunner
+
+    from posturescreen.cli import app
+
+    out = tmp_path / "s"
+    result = CliRunner().invoke(app, ["synth", "--out", str(out), "--subjects", "12",
+                                      "--size", "96", "--sheet", str(tmp_path / "sheet.png")])
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.csv").is_file() and (out / "generator.json").is_file()
+    assert len(list((out / "images").glob("*.jpg"))) == len(list((out / "masks").glob("*.png")))
+    assert Image.open(tmp_path / "sheet.png").size == (4 * 256, 3 * (256 + 18))
+    bad = CliRunner().invoke(app, ["synth", "--out", str(out), "--subjects", "3"])
+    assert bad.exit_code == 2 and "at least 8 subjects" in bad.output

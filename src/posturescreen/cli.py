@@ -130,6 +130,8 @@ def synth(
     size: Annotated[int, typer.Option(help="photo size in pixels (square)")] = 384,
     photos: Annotated[int | None, typer.Option(
         help="number of photos (default: the paper's 904/531 per worker)")] = None,
+    sheet: Annotated[Path | None, typer.Option(
+        help="also write a contact sheet of 12 workers to this PNG")] = None,
 ) -> None:
     """Generate the synthetic cohort: photos, region masks, manifest.csv, generator.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -148,6 +150,10 @@ def synth(
     except (ValueError, OSError) as e:
         _fail(e)
     console.print(f"wrote {n_photos} photos of {subjects} workers: {manifest}")
+    if sheet is not None:
+        from posturescreen.data.synthetic import contact_sheet
+
+        console.print(f"contact sheet: {contact_sheet(manifest, sheet)}")
 
 
 @app.command()

@@ -564,3 +564,24 @@ def generate_cohort(
     }
     (out / "generator.json").write_text(json.dumps(generator, indent=1))
     return out / "manifest.csv"
+
+
+def contact_sheet(manifest: Path | str, out: Path | str, n: int = 12, columns: int = 4,
+                  tile: int = 256) -> Path:
+    """A PNG grid of the first photo of n workers, labelled with their diagnoses."""
+    manifest = Path(manifest)
+    table = pd.read_csv(manifest).drop_duplicates("subject_id").head(n)
+    rows = math.ceil(len(table) / columns)
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + 18)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, r in enumerate(table.itertuples()):
+        img = Image.open(manifest.parent / r.image).convert("RGB").resize((tile, tile))
+        x, y = (k % columns) * tile, (k // columns) * (tile + 18)
+        sheet.paste(img, (x, y))
+        label = {(1, 1): "CH+NSP", (1, 0): "CH", (0, 1): "NSP", (0, 0): "control"}[
+            (r.ch, r.nsp)]
+        draw.text((x + 4, y + tile + 3), f"{r.subject_id}  site {r.site}  {label}",
+                  fill=(0, 0, 0))
+    out = Path(out)
+    sheet.save(out)
+    return out
