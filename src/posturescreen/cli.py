@@ -124,14 +124,15 @@ def validate(
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option("--out", help="folder to write the cohort into")],
-    subjects: Annotated[int, typer.Option(help="workers (531: the paper's exact counts)")
-                        ] = 531,
+    subjects: Annotated[int, typer.Option(help="workers (531: the paper's exact counts)")] = 531,
     seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes")] = 0,
     size: Annotated[int, typer.Option(help="photo size in pixels (square)")] = 384,
-    photos: Annotated[int | None, typer.Option(
-        help="number of photos (default: the paper's 904/531 per worker)")] = None,
-    sheet: Annotated[Path | None, typer.Option(
-        help="also write a contact sheet of 12 workers to this PNG")] = None,
+    photos: Annotated[
+        int | None, typer.Option(help="number of photos (default: the paper's 904/531 per worker)")
+    ] = None,
+    sheet: Annotated[
+        Path | None, typer.Option(help="also write a contact sheet of 12 workers to this PNG")
+    ] = None,
 ) -> None:
     """Generate the synthetic cohort: photos, region masks, manifest.csv, generator.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -142,11 +143,13 @@ def synth(
         _fail(ValueError(f"need at least 8 subjects and 64 px (got {subjects}, {size})"))
     n_photos = photos if photos is not None else round(subjects * PAPER_PHOTOS / 531)
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      console=err_console) as progress:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console
+        ) as progress:
             bar = progress.add_task("rendering photos", total=n_photos)
-            manifest = generate_cohort(out, subjects, seed, size, n_photos,
-                                       progress=lambda n: progress.advance(bar, n))
+            manifest = generate_cohort(
+                out, subjects, seed, size, n_photos, progress=lambda n: progress.advance(bar, n)
+            )
     except (ValueError, OSError) as e:
         _fail(e)
     console.print(f"wrote {n_photos} photos of {subjects} workers: {manifest}")
@@ -160,8 +163,10 @@ def synth(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/demo"),
     subjects: Annotated[int, typer.Option(help="synthetic workers")] = 160,
-    overrides: Annotated[list[str] | None, typer.Option(
-        "--set", help="override a config value, e.g. --set train.epochs=2")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a config value, e.g. --set train.epochs=2"),
+    ] = None,
 ) -> None:
     """Generate a small synthetic cohort and run a short study on it (CH, NSP, CH+NSP)."""
     from posturescreen.demo import demo_cohort, demo_config

@@ -73,6 +73,11 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(1.0, ge=0)
     patience: int = Field(5, ge=1, description="epochs without inner-val AUC gain before stopping")
     class_weighted_loss: bool = True
+    freeze_batchnorm: bool | Literal["auto"] = Field(
+        "auto",
+        description="keep BatchNorm running statistics fixed while fine-tuning; auto: when "
+        "starting from pretrained weights (small data sets, small batches), not from scratch",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA where supported, fp32 on CPU"
@@ -240,7 +245,3 @@ def load_config(
         return StudyConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from e
-
-
-def dump_config(cfg: StudyConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -20,7 +20,10 @@ DEMO_OVERRIDES = [
     "name=demo",
     f"models=[{{name: tf_efficientnet_lite0, pretrained: imagenet, "
     f"image_size: {DEMO_INPUT_SIZE}}}]",
-    "train.epochs=8", "train.patience=4", "train.batch_size=16", "train.lr=0.0005",
+    "train.epochs=8",
+    "train.patience=4",
+    "train.batch_size=16",
+    "train.lr=0.0005",
 ]
 
 
@@ -29,8 +32,12 @@ def cache_dir() -> Path:
     return Path(base) / "posturescreen" if base else Path.home() / ".cache" / "posturescreen"
 
 
-def demo_cohort(subjects: int = DEMO_SUBJECTS, seed: int = 0, size: int = DEMO_IMAGE_SIZE,
-                console: Console | None = None) -> Path:
+def demo_cohort(
+    subjects: int = DEMO_SUBJECTS,
+    seed: int = 0,
+    size: int = DEMO_IMAGE_SIZE,
+    console: Console | None = None,
+) -> Path:
     """Generate (once) the demo cohort into the cache; returns its manifest."""
     folder = cache_dir() / f"synthetic-n{subjects}-s{seed}-px{size}"
     manifest = folder / "manifest.csv"
@@ -38,11 +45,16 @@ def demo_cohort(subjects: int = DEMO_SUBJECTS, seed: int = 0, size: int = DEMO_I
         return manifest
     n_photos = round(subjects * PAPER_PHOTOS / 531)
     tmp = folder.with_name(folder.name + ".partial")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console or Console(stderr=True)) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console or Console(stderr=True),
+    ) as progress:
         bar = progress.add_task(f"generating {n_photos} synthetic photos", total=n_photos)
-        generate_cohort(tmp, subjects, seed, size, n_photos,
-                        progress=lambda n: progress.advance(bar, n))
+        generate_cohort(
+            tmp, subjects, seed, size, n_photos, progress=lambda n: progress.advance(bar, n)
+        )
     if folder.exists():  # another process finished first
         return manifest
     tmp.rename(folder)  # the cohort appears complete or not at all

@@ -240,9 +240,11 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
     _check_run_folder(run_dir, cfg, data_hash)
 
     cohort = _build_cohort(table, cfg)
-    atomic_write_text(
-        run_dir / "config.yaml", yaml.safe_dump(_config_record(cfg, data_hash), sort_keys=False)
-    )
+    if not (run_dir / "config.yaml").exists():  # a resumed run keeps its original record
+        atomic_write_text(
+            run_dir / "config.yaml",
+            yaml.safe_dump(_config_record(cfg, data_hash), sort_keys=False),
+        )
     atomic_write_csv(run_dir / "cohort.csv", cohort.drop(columns=["image_path"]))
     counts = class_counts(
         cohort,
@@ -353,7 +355,16 @@ def run_job(ctx: StudyContext, job: Job, reporter=None) -> bool:
         labels[~is_test][inner_val],
         test_idx,
     )
-    result = train_fold(model, prep, data, cfg.train, cfg.threshold, job.seed(cfg.seed), reporter)
+    result = train_fold(
+        model,
+        prep,
+        data,
+        cfg.train,
+        cfg.threshold,
+        job.seed(cfg.seed),
+        reporter,
+        pretrained=weights.source != "none",
+    )
     seconds = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)
@@ -395,6 +406,7 @@ def run_job(ctx: StudyContext, job: Job, reporter=None) -> bool:
                 "epochs_run": len(result.history),
                 "threshold": result.threshold,
                 "threshold_rule": result.threshold_rule,
+                "batchnorm_frozen": result.batchnorm_frozen,
                 "n_train": len(train_idx),
                 "n_val": len(val_idx),
                 "n_test": len(test_idx),
@@ -468,8 +480,11 @@ def print_results(metrics: pd.DataFrame, run_dir: Path, console: Console | None 
     console = console or Console()
     boot = metrics[metrics["ci_kind"] == "bootstrap"]
     for task, g in boot.groupby("task", sort=False):
-        t = Table(title=f"{task}", title_justify="left",
-                  caption="out-of-fold estimate (95% CI, subject-level bootstrap)")
+        t = Table(
+            title=f"{task}",
+            title_justify="left",
+            caption="out-of-fold estimate (95% CI, subject-level bootstrap)",
+        )
         t.add_column("metric")
         models = list(dict.fromkeys(g["model"]))
         for m in models:

@@ -156,6 +156,7 @@ class FoldResult:
     val_prob: np.ndarray
     test_prob: np.ndarray
     state_dict: dict[str, torch.Tensor] = field(repr=False)
+    batchnorm_frozen: bool = False
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -176,8 +177,10 @@ def train_fold(
     threshold: ThresholdConfig,
     seed: int,
     reporter: Reporter | None = None,
+    pretrained: bool = False,
 ) -> FoldResult:
     reporter = reporter or _Silent()
+    freeze_bn = pretrained if cfg.freeze_batchnorm == "auto" else cfg.freeze_batchnorm
     seed_everything(seed, cfg.deterministic)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -212,6 +215,10 @@ def train_fold(
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
+        if freeze_bn:  # ImageNet statistics beat ones re-estimated from 16-photo batches
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         reporter.start_epoch(epoch, cfg.epochs, steps_per_epoch)
         order = shuffler.permutation(n)
         losses = []
@@ -268,5 +275,12 @@ def train_fold(
         model, data.images[data.test_idx], prep, device, cfg.batch_size * 2, cfg.precision
     )
     return FoldResult(
-        pd.DataFrame(history), best_epoch, thr, threshold.rule, best_val_prob, test_prob, best_state
+        pd.DataFrame(history),
+        best_epoch,
+        thr,
+        threshold.rule,
+        best_val_prob,
+        test_prob,
+        best_state,
+        batchnorm_frozen=freeze_bn,
     )

@@ -23,10 +23,18 @@ from scipy.optimize import linear_sum_assignment
 
 REGIONS = {"background": 0, "head_neck": 1, "trunk": 2, "upper_limbs": 3, "lower_body": 4}
 LANDMARKS = ("ear", "eye", "nose", "c7", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
-LANDMARK_REGION = {"ear": "head_neck", "eye": "head_neck", "nose": "head_neck",
-                   "c7": "head_neck", "shoulder": "upper_limbs", "elbow": "upper_limbs",
-                   "wrist": "upper_limbs", "hip": "trunk", "knee": "lower_body",
-                   "ankle": "lower_body"}
+LANDMARK_REGION = {
+    "ear": "head_neck",
+    "eye": "head_neck",
+    "nose": "head_neck",
+    "c7": "head_neck",
+    "shoulder": "upper_limbs",
+    "elbow": "upper_limbs",
+    "wrist": "upper_limbs",
+    "hip": "trunk",
+    "knee": "lower_body",
+    "ankle": "lower_body",
+}
 
 # The paper's cohort (design.md §1): workers per (CH, NSP) cell.
 PAPER_CELLS = {(1, 1): 108, (1, 0): 27, (0, 1): 257, (0, 0): 139}
@@ -65,8 +73,14 @@ POSTURE = {
 # Risk model (standardised posture z-scores -> log-odds weight). CH: head and neck;
 # NSP: mainly lower body and trunk.
 CH_WEIGHTS = {"cva": -1.9, "head_flexion": 1.0, "protraction": 0.35}
-NSP_WEIGHTS = {"pelvic_tilt": 1.0, "hip_angle": 0.7, "knee_angle": -0.5, "trunk_lean": -0.6,
-               "crossed_legs": 0.6, "kyphosis": 0.3}
+NSP_WEIGHTS = {
+    "pelvic_tilt": 1.0,
+    "hip_angle": 0.7,
+    "knee_angle": -0.5,
+    "trunk_lean": -0.6,
+    "crossed_legs": 0.6,
+    "kyphosis": 0.3,
+}
 BOTH_INTERACTION = 0.8  # CH and NSP co-occur more than chance (108 vs ~93 expected)
 DEFAULT_NOISE = 1.4  # Gumbel scale of the label noise: tuned for the oracle AUC bands
 
@@ -97,8 +111,9 @@ class Worker:
     nsp: int = 0
 
 
-def _colour(rng: np.random.Generator, base: tuple[int, int, int], spread: int
-            ) -> tuple[int, int, int]:
+def _colour(
+    rng: np.random.Generator, base: tuple[int, int, int], spread: int
+) -> tuple[int, int, int]:
     return tuple(int(np.clip(c + rng.integers(-spread, spread + 1), 0, 255)) for c in base)
 
 
@@ -107,22 +122,37 @@ def _new_worker(i: int, rng: np.random.Generator) -> Worker:
     size = rng.normal(1.0 if sex == "M" else 0.93, 0.05)
     skins = [(241, 204, 170), (224, 172, 130), (190, 140, 100), (141, 93, 62), (96, 64, 44)]
     hairs = [(30, 24, 20), (70, 48, 30), (120, 90, 50), (160, 150, 140), (200, 170, 110)]
-    shirts = [(40, 70, 130), (170, 40, 50), (60, 120, 80), (230, 230, 225), (90, 90, 95),
-              (200, 150, 60), (120, 80, 140)]
+    shirts = [
+        (40, 70, 130),
+        (170, 40, 50),
+        (60, 120, 80),
+        (230, 230, 225),
+        (90, 90, 95),
+        (200, 150, 60),
+        (120, 80, 140),
+    ]
     trousers = [(35, 38, 50), (70, 70, 75), (50, 60, 90), (110, 95, 70)]
     posture = {k: float(rng.normal(m, s)) for k, (m, s, _) in POSTURE.items()}
     return Worker(
-        subject_id=f"W{i:04d}", site="", facing="right" if rng.random() < 0.5 else "left",
+        subject_id=f"W{i:04d}",
+        site="",
+        facing="right" if rng.random() < 0.5 else "left",
         height_scale=size,
-        trunk_len=52 * size * rng.normal(1, 0.04), neck_len=11 * size * rng.normal(1, 0.06),
-        head_len=22 * size * rng.normal(1, 0.04), upper_arm=30 * size * rng.normal(1, 0.04),
-        forearm=26 * size * rng.normal(1, 0.04), thigh=44 * size * rng.normal(1, 0.04),
-        shank=44 * size * rng.normal(1, 0.04), girth=size * rng.normal(1, 0.1),
+        trunk_len=52 * size * rng.normal(1, 0.04),
+        neck_len=11 * size * rng.normal(1, 0.06),
+        head_len=22 * size * rng.normal(1, 0.04),
+        upper_arm=30 * size * rng.normal(1, 0.04),
+        forearm=26 * size * rng.normal(1, 0.04),
+        thigh=44 * size * rng.normal(1, 0.04),
+        shank=44 * size * rng.normal(1, 0.04),
+        girth=size * rng.normal(1, 0.1),
         skin=_colour(rng, skins[rng.integers(len(skins))], 8),
         hair=_colour(rng, hairs[rng.integers(len(hairs))], 10),
         shirt=_colour(rng, shirts[rng.integers(len(shirts))], 20),
         trousers=_colour(rng, trousers[rng.integers(len(trousers))], 12),
-        crossed_legs=int(rng.random() < 0.25), age=int(rng.integers(22, 60)), sex=sex,
+        crossed_legs=int(rng.random() < 0.25),
+        age=int(rng.integers(22, 60)),
+        sex=sex,
         posture=posture,
     )
 
@@ -140,8 +170,12 @@ def risk_scores(worker: Worker) -> tuple[float, float]:
     return ch, nsp
 
 
-def assign_labels(workers: list[Worker], cells: dict[tuple[int, int], int],
-                  rng: np.random.Generator, noise: float = DEFAULT_NOISE) -> None:
+def assign_labels(
+    workers: list[Worker],
+    cells: dict[tuple[int, int], int],
+    rng: np.random.Generator,
+    noise: float = DEFAULT_NOISE,
+) -> None:
     """Labels with exactly the requested cell counts, drawn in proportion to each worker's
     risk: Gumbel-perturbed cell log-odds, then an assignment to cell slots (a draw from the
     risk model conditioned on the margins)."""
@@ -165,18 +199,20 @@ def _photo_counts(n_workers: int, n_photos: int, rng: np.random.Generator) -> np
     """1-3 photos per worker adding up to n_photos."""
     extra = n_photos - n_workers
     if not 0 <= extra <= 2 * n_workers:
-        raise ValueError(f"{n_photos} photos cannot be spread 1-3 per worker over "
-                         f"{n_workers} workers")
+        raise ValueError(
+            f"{n_photos} photos cannot be spread 1-3 per worker over {n_workers} workers"
+        )
     n3 = min(extra // 2, max(0, round(extra * 0.16)))
     counts = np.ones(n_workers, dtype=int)
     idx = rng.permutation(n_workers)
     counts[idx[:n3]] = 3
-    counts[idx[n3:n3 + extra - 2 * n3]] = 2
+    counts[idx[n3 : n3 + extra - 2 * n3]] = 2
     return counts
 
 
 # ---------------------------------------------------------------- geometry (world, cm)
 # x points the way the worker faces, y points up; the hip joint is the origin.
+
 
 def _dir(deg: float) -> np.ndarray:
     """Unit vector at `deg` counter-clockwise from +x."""
@@ -224,8 +260,9 @@ def pose_skeleton(w: Worker, p: dict[str, float]) -> Skeleton:
     eye = ear + 8.0 * face * w.height_scale + 3.2 * up * w.height_scale
     nose = ear + 10.2 * face * w.height_scale + 0.6 * up * w.height_scale
     shoulder_axis = _dir(angles[-1])
-    shoulder = c7 - 0.15 * w.trunk_len * shoulder_axis + (2.0 + p["protraction"]) * _dir(
-        angles[-1] - 90)
+    shoulder = (
+        c7 - 0.15 * w.trunk_len * shoulder_axis + (2.0 + p["protraction"]) * _dir(angles[-1] - 90)
+    )
     # hands on the keyboard: desk height and distance follow the body size
     wrist = np.array([0.86 * w.thigh + 6.0, 0.42 * w.trunk_len + 2.0])
     elbow = _elbow(shoulder, wrist, w.upper_arm, w.forearm)
@@ -240,10 +277,27 @@ def pose_skeleton(w: Worker, p: dict[str, float]) -> Skeleton:
         shank_dir = thigh_dir - 180.0 + 95.0
         knee = hip + w.thigh * _dir(thigh_dir)
         ankle = knee + w.shank * 0.95 * _dir(shank_dir)
-    return Skeleton(spine, angles, {
-        "hip": hip, "c7": c7, "ear": ear, "eye": eye, "nose": nose, "shoulder": shoulder,
-        "elbow": elbow, "wrist": wrist, "knee": knee, "ankle": ankle,
-    }, head_pitch, thigh_dir, shank_dir, far_thigh, far_shank)
+    return Skeleton(
+        spine,
+        angles,
+        {
+            "hip": hip,
+            "c7": c7,
+            "ear": ear,
+            "eye": eye,
+            "nose": nose,
+            "shoulder": shoulder,
+            "elbow": elbow,
+            "wrist": wrist,
+            "knee": knee,
+            "ankle": ankle,
+        },
+        head_pitch,
+        thigh_dir,
+        shank_dir,
+        far_thigh,
+        far_shank,
+    )
 
 
 def _elbow(shoulder: np.ndarray, wrist: np.ndarray, a: float, b: float) -> np.ndarray:
@@ -296,8 +350,9 @@ class _Canvas:
             for c in (pa, pb):
                 d.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=val)
 
-    def ellipse(self, centre, rx_cm: float, ry_cm: float, angle_deg: float, fill,
-                region: int | None = None) -> None:
+    def ellipse(
+        self, centre, rx_cm: float, ry_cm: float, angle_deg: float, fill, region: int | None = None
+    ) -> None:
         t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
         local = np.stack([rx_cm * np.cos(t), ry_cm * np.sin(t)], 1)
         r = math.radians(angle_deg)
@@ -317,8 +372,9 @@ def _trunk_outline(sk: Skeleton, w: Worker) -> np.ndarray:
         a = sk.spine_angle[min(i, n - 2)]
         fwd = _dir(a - 90)  # perpendicular, pointing to the front of the body
         f = i / (n - 1)
-        depth = (22 - 6 * math.sin(math.pi * min(f / 0.6, 1.0)) + 5 * max(0, f - 0.55) / 0.45
-                 ) * w.girth
+        depth = (
+            22 - 6 * math.sin(math.pi * min(f / 0.6, 1.0)) + 5 * max(0, f - 0.55) / 0.45
+        ) * w.girth
         if f > 0.92:
             depth *= 1 - (f - 0.92) * 4  # taper into the neck
         back.append(pt - 2.5 * fwd)
@@ -326,8 +382,7 @@ def _trunk_outline(sk: Skeleton, w: Worker) -> np.ndarray:
     return np.array(back + front[::-1])
 
 
-def _draw_leg(cv: _Canvas, hip, thigh_dir, shank_dir, w: Worker, shade: float,
-              region: int) -> None:
+def _draw_leg(cv: _Canvas, hip, thigh_dir, shank_dir, w: Worker, shade: float, region: int) -> None:
     knee = hip + w.thigh * _dir(thigh_dir)
     ankle = knee + w.shank * _dir(shank_dir)
     tr = _shade(w.trousers, shade)
@@ -337,19 +392,24 @@ def _draw_leg(cv: _Canvas, hip, thigh_dir, shank_dir, w: Worker, shade: float,
     cv.capsule(ankle, toe, 3.5, _shade((35, 30, 30), shade), region)
 
 
-def _draw_arm(cv: _Canvas, shoulder, elbow, wrist, w: Worker, shade: float,
-              region: int) -> None:
+def _draw_arm(cv: _Canvas, shoulder, elbow, wrist, w: Worker, shade: float, region: int) -> None:
     cv.capsule(shoulder, elbow, 5.0 * w.girth, _shade(w.shirt, 0.92 * shade), region)
     cv.capsule(elbow, wrist, 3.8 * w.girth, _shade(w.skin, shade), region)
     hand_dir = (wrist - elbow) / max(1e-6, np.linalg.norm(wrist - elbow))
     cv.capsule(wrist, wrist + 8 * hand_dir, 3.2, _shade(w.skin, 0.96 * shade), region)
-    cv.ellipse(shoulder, 6.0 * w.girth, 6.8 * w.girth, 0, _shade(w.shirt, 0.95 * shade),
-               region)  # deltoid
+    cv.ellipse(
+        shoulder, 6.0 * w.girth, 6.8 * w.girth, 0, _shade(w.shirt, 0.95 * shade), region
+    )  # deltoid
 
 
-def render_photo(w: Worker, p: dict[str, float], camera: dict[str, float], site: Site,
-                 size: int, rng: np.random.Generator
-                 ) -> tuple[Image.Image, Image.Image, dict[str, tuple[float, float]]]:
+def render_photo(
+    w: Worker,
+    p: dict[str, float],
+    camera: dict[str, float],
+    site: Site,
+    size: int,
+    rng: np.random.Generator,
+) -> tuple[Image.Image, Image.Image, dict[str, tuple[float, float]]]:
     """One photo: RGB image, region mask (values of REGIONS) and landmark pixels."""
     sk = pose_skeleton(w, p)
     P = sk.points
@@ -372,66 +432,139 @@ def render_photo(w: Worker, p: dict[str, float], camera: dict[str, float], site:
     desk_top = P["wrist"][1] - 3.0
     desk_front = min(P["knee"][0], P["wrist"][0] - 10) - 4.0
     wood = (150, 110, 75) if camera["desk"] < 0.5 else (205, 200, 190)
-    cv.polygon([[desk_front, desk_top], [desk_front + 90, desk_top],
-                [desk_front + 90, desk_top - 3.5], [desk_front, desk_top - 3.5]], wood)
-    cv.polygon([[desk_front + 80, desk_top - 3.5], [desk_front + 85, desk_top - 3.5],
-                [desk_front + 85, foot_y], [desk_front + 80, foot_y]], _shade(wood, 0.7))
+    cv.polygon(
+        [
+            [desk_front, desk_top],
+            [desk_front + 90, desk_top],
+            [desk_front + 90, desk_top - 3.5],
+            [desk_front, desk_top - 3.5],
+        ],
+        wood,
+    )
+    cv.polygon(
+        [
+            [desk_front + 80, desk_top - 3.5],
+            [desk_front + 85, desk_top - 3.5],
+            [desk_front + 85, foot_y],
+            [desk_front + 80, foot_y],
+        ],
+        _shade(wood, 0.7),
+    )
     mx = desk_front + 38 + 10 * camera["monitor"]
-    cv.polygon([[mx, desk_top], [mx + 3, desk_top], [mx + 3, desk_top + 12],
-                [mx, desk_top + 12]], (50, 50, 55))
-    cv.polygon([[mx - 6, desk_top], [mx + 9, desk_top], [mx + 9, desk_top + 1.5],
-                [mx - 6, desk_top + 1.5]], (50, 50, 55))  # monitor foot
-    cv.polygon([[mx - 3, desk_top + 10], [mx + 2, desk_top + 10], [mx + 2, desk_top + 46],
-                [mx - 3, desk_top + 46]], (25, 25, 30))
-    cv.polygon([[P["wrist"][0] - 2, desk_top], [P["wrist"][0] + 30, desk_top],
-                [P["wrist"][0] + 30, desk_top + 2], [P["wrist"][0] - 2, desk_top + 2]],
-               (60, 60, 65))  # keyboard
+    cv.polygon(
+        [[mx, desk_top], [mx + 3, desk_top], [mx + 3, desk_top + 12], [mx, desk_top + 12]],
+        (50, 50, 55),
+    )
+    cv.polygon(
+        [
+            [mx - 6, desk_top],
+            [mx + 9, desk_top],
+            [mx + 9, desk_top + 1.5],
+            [mx - 6, desk_top + 1.5],
+        ],
+        (50, 50, 55),
+    )  # monitor foot
+    cv.polygon(
+        [
+            [mx - 3, desk_top + 10],
+            [mx + 2, desk_top + 10],
+            [mx + 2, desk_top + 46],
+            [mx - 3, desk_top + 46],
+        ],
+        (25, 25, 30),
+    )
+    cv.polygon(
+        [
+            [P["wrist"][0] - 2, desk_top],
+            [P["wrist"][0] + 30, desk_top],
+            [P["wrist"][0] + 30, desk_top + 2],
+            [P["wrist"][0] - 2, desk_top + 2],
+        ],
+        (60, 60, 65),
+    )  # keyboard
     R = REGIONS
     # far limbs (shaded) first
     far_sh = P["shoulder"] + np.array([-1.5, 1.0])
-    _draw_arm(cv, far_sh, _elbow(far_sh, P["wrist"] + [4, 0], w.upper_arm, w.forearm),
-              P["wrist"] + [4, 0], w, 0.72, R["upper_limbs"])
-    _draw_leg(cv, np.array([-1.0, 0.5]), sk.far_thigh_dir, sk.far_shank_dir, w, 0.75,
-              R["lower_body"])
+    _draw_arm(
+        cv,
+        far_sh,
+        _elbow(far_sh, P["wrist"] + [4, 0], w.upper_arm, w.forearm),
+        P["wrist"] + [4, 0],
+        w,
+        0.72,
+        R["upper_limbs"],
+    )
+    _draw_leg(
+        cv, np.array([-1.0, 0.5]), sk.far_thigh_dir, sk.far_shank_dir, w, 0.75, R["lower_body"]
+    )
     # chair: seat, post, base, backrest behind the pelvis
     chair = (45, 45, 50) if camera["chair"] < 0.5 else (90, 40, 35)
-    cv.polygon([[-22, seat_y], [0.55 * w.thigh, seat_y], [0.55 * w.thigh, seat_y - 6],
-                [-22, seat_y - 6]], chair)
-    cv.polygon([[-4, seat_y - 6], [0, seat_y - 6], [0, foot_y + 6], [-4, foot_y + 6]],
-               (70, 70, 75))
-    cv.polygon([[-30, foot_y + 6], [26, foot_y + 6], [26, foot_y + 2], [-30, foot_y + 2]],
-               (60, 60, 65))
+    cv.polygon(
+        [[-22, seat_y], [0.55 * w.thigh, seat_y], [0.55 * w.thigh, seat_y - 6], [-22, seat_y - 6]],
+        chair,
+    )
+    cv.polygon([[-4, seat_y - 6], [0, seat_y - 6], [0, foot_y + 6], [-4, foot_y + 6]], (70, 70, 75))
+    cv.polygon(
+        [[-30, foot_y + 6], [26, foot_y + 6], [26, foot_y + 2], [-30, foot_y + 2]], (60, 60, 65)
+    )
     back_x = min(sk.spine[:6, 0].min(), 0.0) - 6.0
-    cv.polygon([[back_x - 4, seat_y + 4], [back_x, seat_y + 4], [back_x - 8, seat_y + 52],
-                [back_x - 12, seat_y + 52]], chair)
+    cv.polygon(
+        [
+            [back_x - 4, seat_y + 4],
+            [back_x, seat_y + 4],
+            [back_x - 8, seat_y + 52],
+            [back_x - 12, seat_y + 52],
+        ],
+        chair,
+    )
     # trunk, near leg, pelvis
     cv.polygon(_trunk_outline(sk, w), w.shirt, R["trunk"])
     _draw_leg(cv, P["hip"], sk.near_thigh_dir, sk.near_shank_dir, w, 1.0, R["lower_body"])
-    cv.ellipse(P["hip"] + np.array([1.0, 1.0]), 9.5 * w.girth, 8.0 * w.girth,
-               sk.spine_angle[0] - 90, w.trousers, R["trunk"])
+    cv.ellipse(
+        P["hip"] + np.array([1.0, 1.0]),
+        9.5 * w.girth,
+        8.0 * w.girth,
+        sk.spine_angle[0] - 90,
+        w.trousers,
+        R["trunk"],
+    )
     # neck and head: hair over the back and top of the skull, the face in front
     ear, pitch, hs = P["ear"], sk.head_pitch, w.height_scale
     head_base = ear + 1.5 * _dir(pitch - 90) + 1.5 * _dir(pitch)
-    cv.capsule(P["c7"] + 1.5 * _dir(sk.spine_angle[-1] - 90), head_base,
-               4.8 * w.girth ** 0.5, _shade(w.skin, 0.93), R["head_neck"])
+    cv.capsule(
+        P["c7"] + 1.5 * _dir(sk.spine_angle[-1] - 90),
+        head_base,
+        4.8 * w.girth**0.5,
+        _shade(w.skin, 0.93),
+        R["head_neck"],
+    )
     centre = ear + hs * (2.6 * _dir(pitch) + 3.2 * _dir(pitch + 90))
-    cv.ellipse(centre + 1.8 * hs * _dir(pitch + 140), 10.2 * hs, 11.0 * hs, pitch, w.hair,
-               R["head_neck"])
-    cv.ellipse(centre + 2.2 * hs * _dir(pitch - 35), 8.8 * hs, 9.6 * hs, pitch, w.skin,
-               R["head_neck"])
+    cv.ellipse(
+        centre + 1.8 * hs * _dir(pitch + 140), 10.2 * hs, 11.0 * hs, pitch, w.hair, R["head_neck"]
+    )
+    cv.ellipse(
+        centre + 2.2 * hs * _dir(pitch - 35), 8.8 * hs, 9.6 * hs, pitch, w.skin, R["head_neck"]
+    )
     cv.ellipse(ear, 1.4, 2.2, sk.head_pitch, _shade(w.skin, 0.8), R["head_neck"])
     cv.ellipse(P["eye"], 0.9, 0.6, sk.head_pitch, (30, 25, 25), R["head_neck"])
     nose_tip = P["nose"] + 1.8 * _dir(sk.head_pitch - 10)
-    cv.polygon([P["nose"] + 1.5 * _dir(sk.head_pitch + 90), nose_tip,
-                P["nose"] - 1.5 * _dir(sk.head_pitch + 90)], _shade(w.skin, 0.97),
-               R["head_neck"])
+    cv.polygon(
+        [
+            P["nose"] + 1.5 * _dir(sk.head_pitch + 90),
+            nose_tip,
+            P["nose"] - 1.5 * _dir(sk.head_pitch + 90),
+        ],
+        _shade(w.skin, 0.97),
+        R["head_neck"],
+    )
     # near arm on top
     _draw_arm(cv, P["shoulder"], P["elbow"], P["wrist"], w, 1.0, R["upper_limbs"])
 
     img = cv.img.reduce(SUPERSAMPLE)
     mask = cv.mask.resize((size, size), Image.Resampling.NEAREST)
-    landmarks = {k: tuple(float(v) for v in transform(P[k][None])[0] / SUPERSAMPLE)
-                 for k in LANDMARKS}
+    landmarks = {
+        k: tuple(float(v) for v in transform(P[k][None])[0] / SUPERSAMPLE) for k in LANDMARKS
+    }
     img = _camera_effects(img, camera, site, rng)
     if w.facing == "left":
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -440,15 +573,15 @@ def render_photo(w: Worker, p: dict[str, float], camera: dict[str, float], site:
     return img, mask, landmarks
 
 
-def _camera_effects(img: Image.Image, camera: dict[str, float], site: Site,
-                    rng: np.random.Generator) -> Image.Image:
+def _camera_effects(
+    img: Image.Image, camera: dict[str, float], site: Site, rng: np.random.Generator
+) -> Image.Image:
     if camera["blur"] > 0.05:
         img = img.filter(ImageFilter.GaussianBlur(camera["blur"]))
     arr = np.asarray(img, dtype=np.float32)
     h, w_ = arr.shape[:2]
     # uneven lighting: a gentle gradient from the window side
-    grad = camera["light"] * (1.0 + camera["gradient"] * np.linspace(-0.5, 0.5, w_))[
-        None, :, None]
+    grad = camera["light"] * (1.0 + camera["gradient"] * np.linspace(-0.5, 0.5, w_))[None, :, None]
     arr = arr * grad + rng.normal(0.0, site.noise, arr.shape).astype(np.float32)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
@@ -471,8 +604,16 @@ def scaled_cells(n_subjects: int) -> dict[tuple[int, int], int]:
 
 def _photo_posture(w: Worker, rng: np.random.Generator) -> dict[str, float]:
     """A worker's habitual posture, varied a little from photo to photo."""
-    jitter = {"cva": 1.5, "head_flexion": 3.0, "kyphosis": 2.0, "protraction": 0.6,
-              "trunk_lean": 2.0, "pelvic_tilt": 2.0, "hip_angle": 3.0, "knee_angle": 4.0}
+    jitter = {
+        "cva": 1.5,
+        "head_flexion": 3.0,
+        "kyphosis": 2.0,
+        "protraction": 0.6,
+        "trunk_lean": 2.0,
+        "pelvic_tilt": 2.0,
+        "hip_angle": 3.0,
+        "knee_angle": 4.0,
+    }
     return {k: v + float(rng.normal(0, jitter[k])) for k, v in w.posture.items()}
 
 
@@ -486,13 +627,18 @@ def _camera(site: Site, rng: np.random.Generator) -> dict[str, float]:
         "gradient": float(rng.normal(0, 0.12)),
         "blur": float(rng.uniform(0.0, 0.8)),
         "jpeg_quality": int(rng.integers(72, 96)),
-        "desk": float(rng.random()), "chair": float(rng.random()),
+        "desk": float(rng.random()),
+        "chair": float(rng.random()),
         "monitor": float(rng.random()),
     }
 
 
-def make_workers(n_subjects: int, seed: int, noise: float = DEFAULT_NOISE,
-                 cells: dict[tuple[int, int], int] | None = None) -> list[Worker]:
+def make_workers(
+    n_subjects: int,
+    seed: int,
+    noise: float = DEFAULT_NOISE,
+    cells: dict[tuple[int, int], int] | None = None,
+) -> list[Worker]:
     rng = np.random.default_rng(seed)
     workers = [_new_worker(i, rng) for i in range(n_subjects)]
     site_p = np.array([0.45, 0.35, 0.20])
@@ -503,8 +649,12 @@ def make_workers(n_subjects: int, seed: int, noise: float = DEFAULT_NOISE,
 
 
 def generate_cohort(
-    out: Path | str, n_subjects: int = 531, seed: int = 0, size: int = 384,
-    n_photos: int | None = None, noise: float = DEFAULT_NOISE,
+    out: Path | str,
+    n_subjects: int = 531,
+    seed: int = 0,
+    size: int = 384,
+    n_photos: int | None = None,
+    noise: float = DEFAULT_NOISE,
     progress=None,
 ) -> Path:
     """Write photos, masks, manifest.csv and generator.json into `out`; returns the
@@ -529,16 +679,30 @@ def generate_cohort(
             img.save(buf, "JPEG", quality=camera["jpeg_quality"])
             (out / "images" / f"{stem}.jpg").write_bytes(buf.getvalue())
             mask.save(out / "masks" / f"{stem}.png", optimize=False)
-            row = {"subject_id": w.subject_id, "image": f"images/{stem}.jpg", "ch": w.ch,
-                   "nsp": w.nsp, "site": w.site, "age": w.age, "sex": w.sex,
-                   "facing": w.facing, "mask": f"masks/{stem}.png"}
+            row = {
+                "subject_id": w.subject_id,
+                "image": f"images/{stem}.jpg",
+                "ch": w.ch,
+                "nsp": w.nsp,
+                "site": w.site,
+                "age": w.age,
+                "sex": w.sex,
+                "facing": w.facing,
+                "mask": f"masks/{stem}.png",
+            }
             for name, (x, y) in landmarks.items():
                 row[f"{name}_x"], row[f"{name}_y"] = round(x, 1), round(y, 1)
             rows.append(row)
-            records.append({"image": row["image"], "subject_id": w.subject_id,
-                            "posture": {k2: round(v, 3) for k2, v in posture.items()},
-                            "camera": {k2: round(v, 4) if isinstance(v, float) else v
-                                       for k2, v in camera.items()}})
+            records.append(
+                {
+                    "image": row["image"],
+                    "subject_id": w.subject_id,
+                    "posture": {k2: round(v, 3) for k2, v in posture.items()},
+                    "camera": {
+                        k2: round(v, 4) if isinstance(v, float) else v for k2, v in camera.items()
+                    },
+                }
+            )
             if progress is not None:
                 progress(1)
     pd.DataFrame(rows).to_csv(out / "manifest.csv", index=False)
@@ -546,28 +710,44 @@ def generate_cohort(
     for w in workers:
         d = asdict(w)
         d["posture"] = {k: round(v, 3) for k, v in d["posture"].items()}
-        for key in ("height_scale", "trunk_len", "neck_len", "head_len", "upper_arm",
-                    "forearm", "thigh", "shank", "girth"):
+        for key in (
+            "height_scale",
+            "trunk_len",
+            "neck_len",
+            "head_len",
+            "upper_arm",
+            "forearm",
+            "thigh",
+            "shank",
+            "girth",
+        ):
             d[key] = round(d[key], 3)
         worker_records.append(d)
     generator = {
-        "generator": "posturescreen.data.synthetic", "seed": seed, "size": size,
-        "n_subjects": n_subjects, "n_photos": n_photos, "label_noise": noise,
+        "generator": "posturescreen.data.synthetic",
+        "seed": seed,
+        "size": size,
+        "n_subjects": n_subjects,
+        "n_photos": n_photos,
+        "label_noise": noise,
         "cells": {f"ch={c},nsp={n}": v for (c, n), v in scaled_cells(n_subjects).items()},
-        "risk_model": {"CH": CH_WEIGHTS, "NSP": NSP_WEIGHTS,
-                       "both_interaction": BOTH_INTERACTION},
-        "posture_parameters": {k: {"mean": m, "sd": s, "meaning": t}
-                               for k, (m, s, t) in POSTURE.items()},
-        "regions": REGIONS, "landmark_regions": LANDMARK_REGION,
+        "risk_model": {"CH": CH_WEIGHTS, "NSP": NSP_WEIGHTS, "both_interaction": BOTH_INTERACTION},
+        "posture_parameters": {
+            k: {"mean": m, "sd": s, "meaning": t} for k, (m, s, t) in POSTURE.items()
+        },
+        "regions": REGIONS,
+        "landmark_regions": LANDMARK_REGION,
         "sites": [asdict(s) for s in SITES],
-        "workers": worker_records, "photos": records,
+        "workers": worker_records,
+        "photos": records,
     }
     (out / "generator.json").write_text(json.dumps(generator, indent=1))
     return out / "manifest.csv"
 
 
-def contact_sheet(manifest: Path | str, out: Path | str, n: int = 12, columns: int = 4,
-                  tile: int = 256) -> Path:
+def contact_sheet(
+    manifest: Path | str, out: Path | str, n: int = 12, columns: int = 4, tile: int = 256
+) -> Path:
     """A PNG grid of the first photo of n workers, labelled with their diagnoses."""
     manifest = Path(manifest)
     table = pd.read_csv(manifest).drop_duplicates("subject_id").head(n)
@@ -578,10 +758,8 @@ def contact_sheet(manifest: Path | str, out: Path | str, n: int = 12, columns: i
         img = Image.open(manifest.parent / r.image).convert("RGB").resize((tile, tile))
         x, y = (k % columns) * tile, (k // columns) * (tile + 18)
         sheet.paste(img, (x, y))
-        label = {(1, 1): "CH+NSP", (1, 0): "CH", (0, 1): "NSP", (0, 0): "control"}[
-            (r.ch, r.nsp)]
-        draw.text((x + 4, y + tile + 3), f"{r.subject_id}  site {r.site}  {label}",
-                  fill=(0, 0, 0))
+        label = {(1, 1): "CH+NSP", (1, 0): "CH", (0, 1): "NSP", (0, 0): "control"}[(r.ch, r.nsp)]
+        draw.text((x + 4, y + tile + 3), f"{r.subject_id}  site {r.site}  {label}", fill=(0, 0, 0))
     out = Path(out)
     sheet.save(out)
     return out

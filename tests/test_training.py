@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import torch
+from kornia import augmentation as K
+
+from posturescreen.config import AugmentConfig, ThresholdConfig, TrainConfig
+from posturescreen.models import build_model, preprocessing_for
+from posturescreen.training import (
+    FoldData,
+    build_augmentation,
+    train_fold,
+    youden_threshold,
+)
+
+
+def test_youden_threshold_known_case():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.35, 0.3, 0.8, 0.9])
+    # thresholds 0.8: J = 2/3; 0.3: J = 1 - 1/3 = 2/3; tie -> the one nearest 0.5 is 0.3
+    assert youden_threshold(y, p) == pytest.approx(0.3)
+    y2 = np.array([0, 0, 1, 1])
+    assert youden_threshold(y2, np.array([0.1, 0.2, 0.7, 0.9])) == pytest.approx(0.7)
+    with pytest.warns(UserWarning, match="one class"):
+        assert youden_threshold(np.ones(3), np.array([0.2, 0.5, 0.9])) == 0.5
+
+
+def test_side_view_augmentation_has_no_vertical_flip():
+    aug = build_augmentation(AugmentConfig(), 32)
+    kinds = {type(m) for m in aug}
+    assert K.RandomHorizontalFlip in kinds and K.RandomVerticalFlip not in kinds
+    out = aug(torch.rand(4, 3, 32, 32))
+    assert out.shape == (4, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+
+
+def _fold_data(n=40, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.array([0, 1] * (n // 2))
+    images = rng.integers(0, 60, (n, 3, size, size), dtype=np.uint8)
+    images[y == 1, :, :8, :8] = 250
+    idx = np.arange(n)
+    return FoldData(images, idx[:24], y[:24], idx[24:32], y[24:32], idx[32:])
+
+
+def _train(pretrained: bool, freeze="auto", seed=1):
+    torch.manual_seed(0)
+    model, _ = build_model("test_efficientnet", "none")
+    cfg = TrainConfig(epochs=2, batch_size=8, threads=1, freeze_batchnorm=freeze)
+    prep = preprocessing_for("test_efficientnet", 32)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
+    result = train_fold(model, prep, _fold_data(), cfg, ThresholdConfig(), seed,
+                        pretrained=pretrained)
+    after = {k: result.state_dict[k] for k in before}
+    return result, before, after
+
+
+def test_batchnorm_frozen_for_pretrained_not_from_scratch():
+    result, before, after = _train(pretrained=True)
+    assert result.batchnorm_frozen
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    result, before, after = _train(pretrained=False)
+    assert not result.batchnorm_frozen
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_training_is_deterministic_on_cpu():
+    a, _, _ = _train(pretrained=False, seed=5)
+    b, _, _ = _train(pretrained=False, seed=5)
+    assert np.array_equal(a.test_prob, b.test_prob)
+    assert a.threshold == b.threshold and a.history["train_loss"].equals(b.history["train_loss"])
+    assert len(a.history) == 2 and 1 <= a.best_epoch <= 2
