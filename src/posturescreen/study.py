@@ -252,7 +252,19 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
         cfg.data.subject_column,
     )
     atomic_write_csv(run_dir / "class_counts.csv", counts)
+    _print_counts(counts, console)
     return StudyContext(cfg, run_dir, cohort, cache, preprocessing)
+
+
+def _print_counts(counts: pd.DataFrame, console: Console) -> None:
+    t = Table(title="cohort per task", title_justify="left")
+    for col in ("task", "positives (subjects / photos)", "negatives (subjects / photos)"):
+        t.add_column(col)
+    for task, g in counts.groupby("task", sort=False):
+        by = g.set_index("class")
+        t.add_row(task, *[f"{by.at[c, 'subjects']} / {by.at[c, 'photos']}"
+                          for c in ("positive", "negative")])
+    console.print(t)
 
 
 def _drop_bad_images(
