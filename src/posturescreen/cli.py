@@ -182,5 +182,42 @@ def demo(
     print_results(metrics, out, console)
 
 
+@app.command()
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="a study's run folder")],
+    task: Annotated[list[str] | None, typer.Option("--task", help="only this task")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="only this model")] = None,
+    method: Annotated[str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, "
+                                             "layercam or eigencam")] = "gradcam",
+    overlays: Annotated[bool, typer.Option(help="write an overlay PNG per photo")] = True,
+) -> None:
+    """Class activation maps of every photo from the fold model that did not train on it,
+    mean maps per outcome, galleries and the CAM share per body region."""
+    from posturescreen.explain import explain_run
+    from posturescreen.study import RunFolderConflict
+
+    try:
+        summary = explain_run(run_dir, task, model, method, overlays, err_console)
+    except (*USER_ERRORS, RunFolderConflict, ValueError) as e:
+        _fail(e)
+    from rich.table import Table
+
+    if summary.empty:
+        console.print("no region masks or landmarks: CAMs and mean maps written, no region "
+                      "shares")
+    else:
+        t = Table(title="CAM share (enrichment) per region, all photos", title_justify="left")
+        regions = [r for r in dict.fromkeys(summary["region"]) if r != "background"]
+        for col in ("task", "model", *regions):
+            t.add_column(col)
+        for (tk, md), g in summary[summary["outcome"] == "all"].groupby(["task", "model"],
+                                                                        sort=False):
+            g = g.set_index("region")
+            t.add_row(tk, md, *[f"{g.at[r, 'share']:.2f} ({g.at[r, 'enrichment']:.1f}x)"
+                                for r in regions])
+        console.print(t)
+    console.print(f"CAMs: {(run_dir / 'cams').resolve()}")
+
+
 def main() -> None:
     app()

@@ -94,6 +94,14 @@ class ThresholdConfig(_Strict):
     value: float = Field(0.5, gt=0, lt=1, description="the threshold when rule is fixed")
 
 
+class CamConfig(_Strict):
+    run: bool = Field(False, description="compute CAMs and region shares when the study ends")
+    method: Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"] = (
+        "gradcam"
+    )
+    overlays: bool = Field(True, description="write an overlay PNG per photo")
+
+
 class MetricsConfig(_Strict):
     bootstrap: int = Field(1000, ge=50, description="subject-level bootstrap resamples")
     ci_level: float = Field(0.95, gt=0.5, lt=1)
@@ -127,6 +135,7 @@ class StudyConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    cams: CamConfig = Field(default_factory=CamConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> StudyConfig:
@@ -153,6 +162,7 @@ class StudyConfig(_Strict):
         recorded separately)."""
         payload = self.model_dump(mode="json")
         payload["data"].pop("manifest", None)
+        payload.pop("cams", None)  # explaining a model does not change its results
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -536,7 +536,13 @@ def run_study(
     executor.run(todo, fn)
     if any(not (j.directory(ctx.run_dir) / "predictions.csv").exists() for j in jobs):
         return None
-    return write_results(ctx, collect_predictions(ctx.run_dir, jobs))
+    metrics = write_results(ctx, collect_predictions(ctx.run_dir, jobs))
+    if cfg.cams.run:
+        from posturescreen.explain import explain_run
+
+        explain_run(ctx.run_dir, method=cfg.cams.method, write_overlays=cfg.cams.overlays,
+                    console=console)
+    return metrics
 
 
 __all__ = [
@@ -550,3 +556,17 @@ __all__ = [
     "print_results",
     "METRICS",
 ]
+
+
+def load_run(run_dir: Path) -> tuple[StudyConfig, pd.DataFrame]:
+    """The config and cohort of a finished (or partly finished) run folder."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise RunFolderConflict(f"{run_dir} is not a posturescreen run folder (no config.yaml)")
+    record = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    record.pop("posturescreen_run", None)
+    cfg = StudyConfig.model_validate(record)
+    cohort = pd.read_csv(run_dir / "cohort.csv", keep_default_na=False, na_values=[""],
+                         dtype={cfg.data.subject_column: str, cfg.data.image_column: str})
+    return cfg, cohort

@@ -167,3 +167,13 @@ def build_image_cache(
         if progress is not None:
             progress(1)
     return ImageCache(arrays, digests, original, errors)
+
+
+def letterbox_labels(labels: Image.Image, size: int) -> np.ndarray:
+    """letterbox() for a label map (region mask): nearest neighbour, padding = 0."""
+    w, h = labels.size
+    scale, ox, oy = letterbox_geometry(w, h, size)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    canvas = Image.new("L", (size, size), 0)
+    canvas.paste(labels.convert("L").resize((nw, nh), Image.Resampling.NEAREST), (ox, oy))
+    return np.asarray(canvas, dtype=np.uint8)
