@@ -200,6 +200,7 @@ def explain(
         summary = explain_run(run_dir, task, model, method, overlays, err_console)
     except (*USER_ERRORS, RunFolderConflict, ValueError) as e:
         _fail(e)
+    import numpy as np
     from rich.table import Table
 
     if summary.empty:
@@ -213,8 +214,9 @@ def explain(
         for (tk, md), g in summary[summary["outcome"] == "all"].groupby(["task", "model"],
                                                                         sort=False):
             g = g.set_index("region")
-            t.add_row(tk, md, *[f"{g.at[r, 'share']:.2f} ({g.at[r, 'enrichment']:.1f}x)"
-                                for r in regions])
+            t.add_row(tk, md, *[
+                "n/a (no area)" if np.isnan(g.at[r, "enrichment"])
+                else f"{g.at[r, 'share']:.2f} ({g.at[r, 'enrichment']:.1f}x)" for r in regions])
         console.print(t)
     console.print(f"CAMs: {(run_dir / 'cams').resolve()}")
 

@@ -56,7 +56,7 @@ class PositiveLogit:
 
 def compute_cams(
     model: nn.Module, images: np.ndarray, prep: Preprocessing, layer: nn.Module,
-    method: str = "gradcam", batch_size: int = 16, device: torch.device | None = None,
+    method: str = "gradcam", batch_size: int = 8, device: torch.device | None = None,
 ) -> np.ndarray:
     """Float (N, S, S) maps in [0, 1] for uint8 (N, 3, S, S) images."""
     if method not in CAM_METHODS:
@@ -268,7 +268,7 @@ def explain_run(
             (out / "overlays").mkdir(parents=True, exist_ok=True)
             sums = {o: np.zeros((128, 128), np.float64) for o in OUTCOMES}
             counts = dict.fromkeys(OUTCOMES, 0)
-            best_right, best_wrong = _TopK(4), _TopK(4)
+            most_confident = {o: _TopK(2) for o in OUTCOMES}
             folds = sorted(int(p.name[4:]) for p in (run_dir / safe_name(task.name) /
                                                      safe_name(mcfg.name)).glob("fold*"))
             with Progress(TextColumn("{task.description}"), BarColumn(),
@@ -318,7 +318,7 @@ def explain_run(
                         if write_overlays:
                             Image.fromarray(make()).save(out / "overlays" /
                                                          f"row{int(p.row)}.png")
-                        (best_right if o in ("TP", "TN") else best_wrong).offer(
+                        most_confident[o].offer(
                             confidence, lambda make=make, caption=caption: (make(), caption))
                     progress.advance(bar)
             for o in OUTCOMES:
@@ -326,7 +326,8 @@ def explain_run(
                     mean = sums[o] / counts[o]
                     np.save(out / f"mean_cam_{o}.npy", mean.astype(np.float32))
                     _heatmap_png(mean, out / f"mean_cam_{o}.png")
-            tiles = [t for _, t in best_right.items] + [t for _, t in best_wrong.items]
+            # the most confident correct (TP, TN) and wrong (FP, FN) cases, two of each
+            tiles = [t for o in OUTCOMES for _, t in most_confident[o].items]
             if tiles:
                 gallery(tiles).save(out / "gallery.png")
     shares = pd.concat(share_frames, ignore_index=True) if share_frames else pd.DataFrame(

@@ -253,7 +253,10 @@ def pose_skeleton(w: Worker, p: dict[str, float]) -> Skeleton:
     spine = np.array(pts)
     c7 = spine[-1]
     trunk_dir = math.degrees(math.atan2(*(c7 - hip)[::-1]))
-    ear = c7 + w.neck_len * 1.25 * _dir(p["cva"])
+    # a forward head both lowers the CVA and lengthens the C7-tragus distance (the head
+    # protrudes), which is what makes it visible from the side
+    protrusion = 1.0 + 0.03 * max(-8.0, 50.0 - p["cva"])
+    ear = c7 + w.neck_len * 1.25 * protrusion * _dir(p["cva"])
     head_pitch = -p["head_flexion"] + (p["cva"] - 50.0) * 0.3
     face = _dir(head_pitch)
     up = _dir(head_pitch + 90)
