@@ -36,7 +36,7 @@ USER_ERRORS = (
 
 def _fail(e: Exception) -> None:
     err_console.print("[bold red]error:[/bold red] ", end="")
-    err_console.print(str(e), markup=False, highlight=False)
+    err_console.print(str(e), markup=False, highlight=False, soft_wrap=True)  # paths intact
     raise typer.Exit(2)
 
 

@@ -14,6 +14,13 @@ import pandas as pd
 class OutputError(OSError):
     """The run folder cannot be written (permissions, full disk, ...)."""
 
+    def __init__(self, errno_: int | None, message: str):
+        super().__init__(message)
+        self.errno = errno_
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
 
 def _umask() -> int:
     mask = os.umask(0)
