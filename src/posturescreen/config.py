@@ -83,6 +83,9 @@ class TrainConfig(_Strict):
         "auto", description="auto: bf16 autocast on CUDA where supported, fp32 on CPU"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool = Field(
+        True, description="NHWC memory layout: faster convolutions on CPU and GPU, same maths"
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
     deterministic: bool = Field(False, description="deterministic algorithms (slower on GPU)")
 

@@ -87,6 +87,7 @@ def predict_probs(
     device: torch.device,
     batch_size: int = 32,
     precision: str = "auto",
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Positive-class probabilities for uint8 (N, 3, S, S) images."""
     model.eval()
@@ -94,6 +95,8 @@ def predict_probs(
     out = []
     for start in range(0, len(images), batch_size):
         x = norm(to_unit_float(images[start : start + batch_size], device))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast_for(device, precision):
             logits = model(x)
         out.append(torch.sigmoid(logits.float().view(-1)).cpu().numpy())
@@ -159,6 +162,29 @@ class FoldResult:
     batchnorm_frozen: bool = False
 
 
+def training_batch(
+    images_u8: np.ndarray, augment: nn.Module, norm: Normalizer, device: torch.device,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 photos from the decoded cache -> augmented, normalised float batch."""
+    x = norm(augment(to_unit_float(images_u8, device)))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer, device: torch.device, precision: str,
+) -> float:
+    """One optimisation step; returns the loss."""
+    with autocast_for(device, precision):
+        logits = model(x).view(-1)
+    loss = loss_fn(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def _lr_lambda(total_steps: int, warmup_steps: int):
     def f(step: int) -> float:
         if step < warmup_steps:
@@ -186,6 +212,8 @@ def train_fold(
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg)
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     norm = Normalizer(prep, device)
     augment = build_augmentation(cfg.augment, prep.input_size).to(device)
 
@@ -224,18 +252,15 @@ def train_fold(
         losses = []
         for step in range(steps_per_epoch):
             idx = order[step * batch : (step + 1) * batch]
-            x = norm(augment(to_unit_float(data.images[data.train_idx[idx]], device)))
+            x = training_batch(data.images[data.train_idx[idx]], augment, norm, device,
+                               cfg.channels_last)
             y = torch.from_numpy(data.y_train[idx].astype(np.float32)).to(device)
-            with autocast_for(device, cfg.precision):
-                logits = model(x).view(-1)
-            loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            losses.append(train_step(model, x, y, loss_fn, optimizer, device, cfg.precision))
             scheduler.step()
-            losses.append(float(loss.detach()))
             reporter.step()
-        val_prob = predict_probs(model, val_images, prep, device, cfg.batch_size * 2, cfg.precision)
+        val_prob = predict_probs(
+            model, val_images, prep, device, cfg.batch_size * 2, cfg.precision, cfg.channels_last
+        )
         val_auc = safe_auc(data.y_val, val_prob)
         val_loss = float(
             eval_loss(
@@ -272,7 +297,8 @@ def train_fold(
     else:
         thr = threshold.value
     test_prob = predict_probs(
-        model, data.images[data.test_idx], prep, device, cfg.batch_size * 2, cfg.precision
+        model, data.images[data.test_idx], prep, device, cfg.batch_size * 2, cfg.precision,
+        cfg.channels_last,
     )
     return FoldResult(
         pd.DataFrame(history),
