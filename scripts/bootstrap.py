@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -47,6 +48,18 @@ def ensure_venv() -> None:
     STAMP.write_text(fingerprint)
 
 
+def ensure_chromium() -> None:
+    """Browser tests must run in CI: install Debian's chromium there if it is missing.
+    Elsewhere they skip without it (install it with `apt-get install chromium`)."""
+    if os.environ.get("CI", "").lower() != "true" or shutil.which("chromium"):
+        return
+    if shutil.which("apt-get") is None:
+        sys.exit("CI needs chromium for the browser tests, and apt-get is not available")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run(["apt-get", "update", "-qq"], env=env)
+    _run(["apt-get", "install", "-y", "-qq", "chromium"], env=env)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test", "setup"}:
         print(__doc__)
@@ -57,6 +70,7 @@ def main(argv: list[str]) -> int:
         return 0
     if job == "demo":
         return subprocess.call([str(BIN / "posturescreen"), "demo", *rest], cwd=ROOT)
+    ensure_chromium()
     return subprocess.call([str(PY), "-m", "pytest", "-q", *rest], cwd=ROOT)
 
 

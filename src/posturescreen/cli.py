@@ -221,5 +221,93 @@ def explain(
     console.print(f"CAMs: {(run_dir / 'cams').resolve()}")
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a finished study's run folder")],
+    task: Annotated[str, typer.Option("--task", help="task name, e.g. CH")],
+    model: Annotated[str, typer.Option("--model", help="model name, e.g. resnet50")],
+    out: Annotated[Path, typer.Option("--out", help="bundle folder, or a path ending .zip")],
+) -> None:
+    """Pack one task × model's fold models (safetensors) with metadata.json into a bundle."""
+    from posturescreen.bundle import BundleError, export_bundle
+    from posturescreen.study import RunFolderConflict
+
+    try:
+        path = export_bundle(run_dir, task, model, out)
+    except (*USER_ERRORS, RunFolderConflict, BundleError, FileNotFoundError) as e:
+        _fail(e)
+    console.print(f"bundle: {path.resolve()}")
+
+
+@app.command()
+def predict(
+    photos: Annotated[list[Path], typer.Argument(help="photos and/or folders of photos")],
+    model: Annotated[list[Path], typer.Option("--model", help="bundle (repeat for several)")],
+    out: Annotated[Path, typer.Option("--out", help="folder for predictions and overlays")
+                   ] = Path("predictions"),
+    fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
+    cam: Annotated[bool, typer.Option(help="write a CAM overlay per photo and task")] = True,
+) -> None:
+    """Probability per photo and task (mean of the fold models, with their range), the
+    decision at the bundle's threshold, and a CAM overlay."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from posturescreen.bundle import BundleError, load_bundle
+    from posturescreen.predict import collect_photos, predict_files
+
+    if fmt not in ("csv", "json"):
+        _fail(ValueError(f"--format must be csv or json, got {fmt!r}"))
+    try:
+        bundles = [load_bundle(m) for m in model]
+    except (BundleError, *USER_ERRORS) as e:
+        _fail(e)
+    files = collect_photos(photos)
+    if not files:
+        _fail(ValueError("no photos found in " + ", ".join(str(p) for p in photos)))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=err_console, disable=len(files) < 2) as progress:
+        bar = progress.add_task("predicting", total=len(files))
+        table = predict_files(files, bundles, out / "overlays" if cam else None, cam,
+                              lambda n: progress.advance(bar, n))
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"predictions.{fmt}"
+    if fmt == "csv":
+        table.to_csv(target, index=False)
+    else:
+        target.write_text(table.to_json(orient="records", indent=2))
+    ok = table[table["error"] == ""] if "error" in table else table
+    for r in ok.itertuples():
+        console.print(f"{Path(r.photo).name}  {r.task}/{r.model}: p={r.probability:.3f} "
+                      f"(folds {r.fold_min:.3f}–{r.fold_max:.3f}) → {r.decision}")
+    for r in table[table["error"] != ""].itertuples():
+        err_console.print(f"[red]skipped[/red] {r.error}", highlight=False)
+    console.print(f"written: {target.resolve()}")
+
+
+@app.command()
+def serve(
+    model: Annotated[list[Path], typer.Option("--model", help="bundle (repeat for several)")],
+    host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean it")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload")] = 20.0,
+) -> None:
+    """A local web page (and JSON API, docs at /docs) to screen one photo at a time.
+    Uploads stay in memory and are never written to disk."""
+    import uvicorn
+
+    from posturescreen.bundle import BundleError, load_bundle
+    from posturescreen.web.app import create_app
+
+    try:
+        bundles = [load_bundle(m) for m in model]
+    except (BundleError, *USER_ERRORS) as e:
+        _fail(e)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"[yellow]serving on {host}: reachable from other machines[/yellow]")
+    uvicorn.run(create_app(bundles, int(max_upload_mb * 2**20)), host=host, port=port,
+                log_level="info")
+
+
 def main() -> None:
     app()

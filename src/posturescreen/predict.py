@@ -1,0 +1,116 @@
+"""Screening new photos with exported bundles: the fold-model ensemble's probability (mean
+over fold models, with their range), the decision at the bundle's threshold, and a CAM
+overlay (mean of the fold models' Grad-CAMs). The same functions serve the CLI and the
+web page."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from posturescreen.bundle import Bundle
+from posturescreen.data.images import letterbox, read_image_file
+from posturescreen.explain import compute_cams, overlay
+from posturescreen.models import target_layer
+from posturescreen.training import predict_probs
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class Prediction:
+    task: str
+    model: str
+    probability: float
+    fold_min: float
+    fold_max: float
+    fold_probabilities: list[float]
+    threshold: float
+    positive: bool
+    cam_overlay: np.ndarray | None = field(default=None, repr=False)  # RGB uint8
+
+    def as_dict(self) -> dict:
+        return {"task": self.task, "model": self.model, "probability": self.probability,
+                "fold_min": self.fold_min, "fold_max": self.fold_max,
+                "fold_probabilities": self.fold_probabilities, "threshold": self.threshold,
+                "decision": "positive" if self.positive else "negative"}
+
+
+def predict_image(bundle: Bundle, image: Image.Image, with_cam: bool = True) -> Prediction:
+    """`image` must be upright RGB (as read_image_file / decode_image return it)."""
+    prep = bundle.preprocessing
+    batch = letterbox(image, prep.input_size, prep.interpolation)[None]
+    device = next(bundle.models[0].parameters()).device
+    cl = bool(bundle.metadata["preprocessing"].get("channels_last"))
+    probs = [float(predict_probs(m, batch, prep, device, 1, "fp32", cl)[0])
+             for m in bundle.models]
+    cam = None
+    if with_cam:
+        maps = [compute_cams(m, batch, prep, target_layer(m, bundle.metadata["model"]))[0]
+                for m in bundle.models]
+        cam = overlay(batch[0], np.mean(maps, axis=0))
+    p = float(np.mean(probs))
+    return Prediction(bundle.metadata["task"], bundle.metadata["model"], p, min(probs),
+                      max(probs), probs, bundle.threshold, p >= bundle.threshold, cam)
+
+
+def decode_size(bundle: Bundle) -> int:
+    """The size the study decoded JPEGs at (its largest input size)."""
+    return int(bundle.metadata["preprocessing"].get("decode_size",
+                                                    bundle.preprocessing.input_size))
+
+
+def collect_photos(inputs: Sequence[Path]) -> list[Path]:
+    """Files as given; folders expanded to their image files (sorted, not recursive)."""
+    photos = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            photos += sorted(p for p in item.iterdir()
+                             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            photos.append(item)
+    return photos
+
+
+def predict_files(
+    photos: Sequence[Path], bundles: Sequence[Bundle], out_dir: Path | None = None,
+    with_cam: bool = True, progress: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """One row per photo × bundle; unreadable photos get an `error` instead of a result.
+    Overlays go to out_dir/<photo stem>__<task>__<model>.png."""
+    from posturescreen.data.images import ImageReadError
+    from posturescreen.study import safe_name
+
+    rows = []
+    for path in photos:
+        decoded: dict[int, Image.Image] = {}  # one decode per distinct study decode size
+        try:
+            for b in bundles:
+                size = decode_size(b)
+                if size not in decoded:
+                    decoded[size] = read_image_file(Path(path), draft_size=size)[0]
+        except ImageReadError as e:
+            rows.append({"photo": str(path), "error": str(e)})
+            if progress:
+                progress(1)
+            continue
+        for b in bundles:
+            pred = predict_image(b, decoded[decode_size(b)], with_cam)
+            row = {"photo": str(path), **pred.as_dict(), "error": ""}
+            row["fold_probabilities"] = " ".join(f"{v:.6f}" for v in pred.fold_probabilities)
+            if with_cam and out_dir is not None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                name = (f"{safe_name(Path(path).stem)}__{safe_name(pred.task)}__"
+                        f"{safe_name(pred.model)}.png")
+                Image.fromarray(pred.cam_overlay).save(out_dir / name)
+                row["cam_overlay"] = str(out_dir / name)
+            rows.append(row)
+        if progress:
+            progress(1)
+    return pd.DataFrame(rows)

@@ -1,0 +1,1 @@
+"""The clinician's web page and JSON API (FastAPI)."""

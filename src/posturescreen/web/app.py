@@ -1,0 +1,140 @@
+"""A small FastAPI app: one hand-written page and a JSON API over the same predict
+functions as the CLI.
+
+Safety: the photo is read from the request body into memory (never a temporary file),
+with a size limit checked while streaming; its content is sniffed by decoding it, never
+trusted by name or header; decompression bombs are refused; only the decoded pixels are
+used and nothing of the original file (EXIF, GPS included) is returned or kept; nothing in
+a request names a file path. Predictions are serialised with a lock: Grad-CAM hooks the
+shared models.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from importlib import resources
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from PIL import Image
+from pydantic import BaseModel
+
+from posturescreen import __version__
+from posturescreen.bundle import Bundle
+from posturescreen.data.images import ImageReadError, decode_image
+from posturescreen.predict import decode_size, predict_image
+
+ACCEPTED_TYPES = ("image/", "application/octet-stream")
+
+
+class TaskResult(BaseModel):
+    task: str
+    model: str
+    probability: float
+    fold_min: float
+    fold_max: float
+    fold_probabilities: list[float]
+    threshold: float
+    decision: str
+    cam_overlay_png: str  # data URL
+
+
+class PredictResponse(BaseModel):
+    width: int
+    height: int
+    results: list[TaskResult]
+    caution: str
+
+
+class ModelInfo(BaseModel):
+    task: str
+    model: str
+    threshold: float
+    threshold_how: str
+    folds: int
+    intended_use: str
+    auc: str | None
+
+
+CAUTION = ("Research tool, not a diagnosis. Probabilities come from models trained on one "
+           "study's photos and may not hold for other people, cameras or settings.")
+
+
+def _png_data_url(rgb) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _auc_text(bundle: Bundle) -> str | None:
+    for m in bundle.metadata.get("metrics", []):
+        if m.get("metric") == "AUC" and m.get("ci_kind") == "bootstrap":
+            return f"{m['estimate']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})"
+    return None
+
+
+def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20) -> FastAPI:
+    app = FastAPI(title="posturescreen", version=__version__,
+                  description="Screen one side-view sitting photo with exported study "
+                              "models. " + CAUTION)
+    lock = threading.Lock()
+    page = resources.files("posturescreen.web").joinpath("page.html").read_text("utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return page
+
+    @app.get("/api/models", response_model=list[ModelInfo])
+    def models() -> list[ModelInfo]:
+        return [ModelInfo(task=b.metadata["task"], model=b.metadata["model"],
+                          threshold=b.threshold, threshold_how=b.metadata["threshold"]["how"],
+                          folds=len(b.models), intended_use=b.metadata["intended_use"],
+                          auc=_auc_text(b)) for b in bundles]
+
+    @app.post("/api/predict", response_model=PredictResponse,
+              responses={400: {"description": "empty body"},
+                         413: {"description": "larger than the upload limit"},
+                         415: {"description": "not sent as an image"},
+                         422: {"description": "not a readable image, or a decompression "
+                                              "bomb"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                  "image/png": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def predict(request: Request) -> PredictResponse:
+        """Send the photo's bytes as the request body (Content-Type image/*)."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not ctype.startswith(ACCEPTED_TYPES):
+            raise HTTPException(415, f"send the photo's bytes with an image content type, "
+                                     f"not {ctype or 'none'!r}")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_upload_bytes:
+            raise HTTPException(413, f"photo larger than {max_upload_bytes // 2**20} MB")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_upload_bytes:
+                raise HTTPException(413, f"photo larger than {max_upload_bytes // 2**20} MB")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        if not data:
+            raise HTTPException(400, "empty upload (0 bytes)")
+        decoded: dict[int, Image.Image] = {}
+        try:
+            for b in bundles:
+                if decode_size(b) not in decoded:
+                    decoded[decode_size(b)], full_size = decode_image(data, "upload",
+                                                                      decode_size(b))
+        except ImageReadError as e:
+            raise HTTPException(422, str(e)) from e
+        finally:
+            del data, chunks
+        with lock:
+            preds = [predict_image(b, decoded[decode_size(b)]) for b in bundles]
+        return PredictResponse(
+            width=full_size[0], height=full_size[1], caution=CAUTION,
+            results=[TaskResult(**{**p.as_dict(), "cam_overlay_png":
+                                   _png_data_url(p.cam_overlay)}) for p in preds])
+
+    return app

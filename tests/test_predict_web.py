@@ -1,0 +1,223 @@
+"""Export → predict round trip, the JSON API with good and bad uploads, and the page in a
+real (headless) browser."""
+
+import base64
+import io
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from posturescreen.bundle import BundleError, export_bundle, load_bundle
+from posturescreen.cli import app as cli
+from posturescreen.config import load_config
+from posturescreen.data.images import read_image_file
+from posturescreen.data.synthetic import generate_cohort
+from posturescreen.predict import decode_size, predict_image
+from posturescreen.study import load_run, run_study
+from posturescreen.web.app import create_app
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("web")
+    manifest = generate_cohort(root / "cohort", n_subjects=24, seed=5, size=96)
+    cfg = load_config(None, [
+        f"data.manifest={manifest}", "models=[{name: test_resnet, pretrained: none, "
+        "image_size: 64}]", "tasks=[{name: CH, positive: 'ch == 1'}]", "cv.folds=2",
+        "train.epochs=2", "train.batch_size=8", "metrics.bootstrap=50"])
+    run_study(cfg, root / "run")
+    bundle = export_bundle(root / "run", "CH", "test_resnet", root / "bundle")
+    return root, manifest, bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(study):
+    return load_bundle(study[2])
+
+
+def test_bundle_metadata_and_zip(study, tmp_path):
+    root, _, folder = study
+    meta = json.loads((folder / "metadata.json").read_text())
+    for key in ("versions", "preprocessing", "threshold", "intended_use", "training_cohort",
+                "metrics", "folds", "study"):
+        assert key in meta, key
+    assert meta["threshold"]["rule"] == "youden" and "inner validation" in meta["threshold"]["how"]
+    assert len(meta["folds"]) == 2 and all(len(f["sha256"]) == 64 for f in meta["folds"])
+    assert {m["metric"] for m in meta["metrics"]} >= {"AUC", "Sen", "Spe"}
+    zipped = export_bundle(root / "run", "CH", "test_resnet", tmp_path / "b.zip")
+    assert load_bundle(zipped).threshold == pytest.approx(meta["threshold"]["value"])
+    with pytest.raises(BundleError, match="already exists"):
+        export_bundle(root / "run", "CH", "test_resnet", folder)
+    with pytest.raises(BundleError, match="task 'XX'"):
+        export_bundle(root / "run", "XX", "test_resnet", tmp_path / "x")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(folder, tampered)
+    (tampered / "fold0.safetensors").write_bytes(b"not weights")
+    with pytest.raises(BundleError, match="checksum"):
+        load_bundle(tampered)
+
+
+def test_fold_models_reproduce_the_out_of_fold_predictions(study, bundle):
+    root, manifest, _ = study
+    cfg, _ = load_run(root / "run")
+    preds = pd.read_csv(root / "run" / "predictions.csv")
+    for k, model in enumerate(bundle.models):
+        sub = preds[preds["fold"] == k].head(5)
+        single = type(bundle)(bundle.path, bundle.metadata, [model], bundle.preprocessing)
+        for r in sub.itertuples():
+            img = read_image_file(manifest.parent / r.image, draft_size=decode_size(bundle))[0]
+            p = predict_image(single, img, with_cam=False).probability
+            assert p == pytest.approx(r.prob, abs=1e-5)
+
+
+def test_predict_cli_folder_csv_and_json(study, tmp_path):
+    root, manifest, folder = study
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for src in sorted((manifest.parent / "images").glob("*.jpg"))[:3]:
+        shutil.copy(src, photos / src.name)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["predict", str(photos), "--model", str(folder),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "predictions.csv")
+    table["error"] = table["error"].fillna("")
+    ok = table[table["error"] == ""]
+    assert len(ok) == 3 and ok["probability"].between(0, 1).all()
+    assert set(ok["decision"]) <= {"positive", "negative"}
+    assert (ok["fold_min"] <= ok["probability"]).all()
+    assert (ok["probability"] <= ok["fold_max"]).all()
+    assert all(Path(p).is_file() for p in ok["cam_overlay"])
+    assert "broken.jpg" in table.loc[table["error"] != "", "error"].iloc[0]
+    one = str(next(photos.glob("W*.jpg")))
+    js = CliRunner().invoke(cli, ["predict", one, "--model", str(folder), "--out",
+                                  str(tmp_path / "js"), "--format", "json", "--no-cam"])
+    assert js.exit_code == 0, js.output
+    records = json.loads((tmp_path / "js" / "predictions.json").read_text())
+    assert len(records) == 1 and 0 <= records[0]["probability"] <= 1
+
+
+def _jpeg_with_gps(size=(120, 90)) -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"
+    exif[0x8825] = {1: "N", 2: (52.0, 31.0, 0.0)}  # GPS IFD
+    buf = io.BytesIO()
+    Image.new("RGB", size, (150, 120, 90)).save(buf, "JPEG", exif=exif)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(bundle):
+    return TestClient(create_app([bundle], max_upload_bytes=200_000))
+
+
+def test_api_good_upload_and_docs(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "Drop a photo" in page.text
+    models = client.get("/api/models").json()
+    assert models[0]["task"] == "CH" and models[0]["folds"] == 2
+    before = set(os.listdir(tempfile.gettempdir()))
+    r = client.post("/api/predict", content=_jpeg_with_gps(),
+                    headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["width"] == 120 and body["height"] == 90
+    res = body["results"][0]
+    assert 0 <= res["probability"] <= 1 and res["decision"] in ("positive", "negative")
+    png = base64.b64decode(res["cam_overlay_png"].split(",", 1)[1])
+    overlay = Image.open(io.BytesIO(png))
+    assert overlay.format == "PNG" and "exif" not in overlay.info  # nothing of the original
+    assert "CameraMaker" not in r.text
+    assert set(os.listdir(tempfile.gettempdir())) == before  # nothing written to disk
+    spec = client.get("/openapi.json").json()
+    assert "/api/predict" in spec["paths"] and "/api/models" in spec["paths"]
+
+
+@pytest.mark.parametrize("body,ctype,status,needle", [
+    (b"", "image/jpeg", 400, "0 bytes"),
+    (b"hello, I am text", "image/jpeg", 422, "not a readable image"),
+    (None, "image/jpeg", 422, "corrupt or truncated"),  # truncated JPEG
+    (b"x" * 300_000, "image/jpeg", 413, "larger than"),
+    (b"GIF89a", "text/plain", 415, "image content type"),
+])
+def test_api_bad_uploads_are_clear_4xx_and_server_stays_up(client, body, ctype, status, needle):
+    if body is None:
+        good = _jpeg_with_gps((400, 300))
+        body = good[: len(good) // 2]
+    r = client.post("/api/predict", content=body, headers={"content-type": ctype})
+    assert r.status_code == status, r.text
+    assert needle in r.json()["detail"]
+    ok = client.post("/api/predict", content=_jpeg_with_gps(),
+                     headers={"content-type": "image/jpeg"})
+    assert ok.status_code == 200
+
+
+def test_api_refuses_decompression_bomb(client, monkeypatch):
+    buf = io.BytesIO()
+    Image.new("L", (400, 400)).save(buf, "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    r = client.post("/api/predict", content=buf.getvalue(), headers={"content-type": "image/png"})
+    assert r.status_code == 422 and "decompression bomb" in r.json()["detail"]
+
+
+# ------------------------------------------------------------------ a real browser
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI", "").lower() != "true",
+                    reason="needs Debian's chromium (apt-get install chromium)")
+def test_page_in_headless_chromium(bundle, study, tmp_path):
+    assert CHROMIUM, "CI must have chromium: scripts/bootstrap.py installs it"
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app([bundle]), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    photo = next((study[1].parent / "images").glob("*.jpg"))
+    errors = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"])
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector(".result img", timeout=60_000)
+            prob = page.text_content(".prob")
+            assert prob and prob.endswith("%")
+            assert page.eval_on_selector(".result img", "i => i.naturalWidth") > 0
+            shot = Path(os.environ.get("POSTURESCREEN_SCREENSHOTS", tmp_path)) / "serve.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    assert not errors, errors
