@@ -79,6 +79,8 @@ def test_fold_models_reproduce_the_out_of_fold_predictions(study, bundle):
             img = read_image_file(manifest.parent / r.image, draft_size=decode_size(bundle))[0]
             p = predict_image(single, img, with_cam=False).probability
             assert p == pytest.approx(r.prob, abs=1e-5)
+            # the CAM's own forward pass gives the same probability
+            assert predict_image(single, img).probability == pytest.approx(p, abs=1e-5)
 
 
 def test_predict_cli_folder_csv_and_json(study, tmp_path):

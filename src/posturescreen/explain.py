@@ -57,8 +57,10 @@ class PositiveLogit:
 def compute_cams(
     model: nn.Module, images: np.ndarray, prep: Preprocessing, layer: nn.Module,
     method: str = "gradcam", batch_size: int = 8, device: torch.device | None = None,
+    channels_last: bool = False, logits_out: list[float] | None = None,
 ) -> np.ndarray:
-    """Float (N, S, S) maps in [0, 1] for uint8 (N, 3, S, S) images."""
+    """Float (N, S, S) maps in [0, 1] for uint8 (N, 3, S, S) images. The model's logits
+    from the same forward pass are appended to `logits_out` when given (no second pass)."""
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose from {sorted(CAM_METHODS)}")
     device = device or next(model.parameters()).device
@@ -68,8 +70,12 @@ def compute_cams(
     with CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
         for start in range(0, len(images), batch_size):
             x = norm(to_unit_float(images[start:start + batch_size], device))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             maps = cam(input_tensor=x, targets=[PositiveLogit() for _ in range(len(x))])
             out[start:start + len(x)] = np.nan_to_num(maps, nan=0.0)
+            if logits_out is not None:
+                logits_out.extend(cam.outputs.detach().float().reshape(-1).cpu().tolist())
     model.zero_grad(set_to_none=True)
     return out
 

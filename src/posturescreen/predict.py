@@ -47,13 +47,16 @@ def predict_image(bundle: Bundle, image: Image.Image, with_cam: bool = True) -> 
     batch = letterbox(image, prep.input_size, prep.interpolation)[None]
     device = next(bundle.models[0].parameters()).device
     cl = bool(bundle.metadata["preprocessing"].get("channels_last"))
-    probs = [float(predict_probs(m, batch, prep, device, 1, "fp32", cl)[0])
-             for m in bundle.models]
     cam = None
-    if with_cam:
-        maps = [compute_cams(m, batch, prep, target_layer(m, bundle.metadata["model"]))[0]
-                for m in bundle.models]
+    if with_cam:  # one forward+backward per fold model gives both the CAM and the logit
+        logits: list[float] = []
+        maps = [compute_cams(m, batch, prep, target_layer(m, bundle.metadata["model"]),
+                             channels_last=cl, logits_out=logits)[0] for m in bundle.models]
+        probs = [float(1.0 / (1.0 + np.exp(-v))) for v in logits]
         cam = overlay(batch[0], np.mean(maps, axis=0))
+    else:
+        probs = [float(predict_probs(m, batch, prep, device, 1, "fp32", cl)[0])
+                 for m in bundle.models]
     p = float(np.mean(probs))
     return Prediction(bundle.metadata["task"], bundle.metadata["model"], p, min(probs),
                       max(probs), probs, bundle.threshold, p >= bundle.threshold, cam)
