@@ -41,7 +41,7 @@ from posturescreen.folds import assert_disjoint, inner_split, outer_folds
 from posturescreen.metrics import METRICS, format_estimate, paper_table, summarize
 from posturescreen.models import Preprocessing, WeightsInfo, build_model, preprocessing_for
 from posturescreen.tasks import all_task_labels, class_counts
-from posturescreen.training import FoldData, seed_everything, train_fold
+from posturescreen.training import FoldData, Reporter, seed_everything, train_fold
 
 
 class RunFolderConflict(RuntimeError):
@@ -115,7 +115,10 @@ class StudyContext:
 
 
 class Executor(Protocol):
-    def run(self, jobs: list[Job], fn: Callable[[Job], None]) -> None: ...
+    """Runs jobs; calls fn(job, reporter) for each, reporter being its progress sink (or
+    None). Another executor (Ray, a queue) only has to honour this."""
+
+    def run(self, jobs: list[Job], fn: Callable[[Job, Reporter | None], None]) -> None: ...
 
 
 class _RichReporter:
@@ -139,9 +142,8 @@ class LocalExecutor:
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
-        self.reporter: _RichReporter | None = None
 
-    def run(self, jobs: list[Job], fn: Callable[[Job], None]) -> None:
+    def run(self, jobs: list[Job], fn: Callable[[Job, Reporter | None], None]) -> None:
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -152,8 +154,7 @@ class LocalExecutor:
             overall = progress.add_task("study jobs", total=len(jobs))
             epoch_bar = progress.add_task("", total=1)
             for job in jobs:
-                self.reporter = _RichReporter(progress, epoch_bar, job)
-                fn(job)
+                fn(job, _RichReporter(progress, epoch_bar, job))
                 progress.advance(overall)
 
 
@@ -326,7 +327,7 @@ def _build_cohort(table: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     return cohort
 
 
-def run_job(ctx: StudyContext, job: Job, reporter=None) -> bool:
+def run_job(ctx: StudyContext, job: Job, reporter: Reporter | None = None) -> bool:
     """Train and predict one (task, model, fold). Returns False if it was already done."""
     out = job.directory(ctx.run_dir)
     if (out / "predictions.csv").exists():
@@ -530,10 +531,7 @@ def run_study(
     if max_jobs is not None:
         todo = todo[:max_jobs]
 
-    def fn(job: Job) -> None:
-        run_job(ctx, job, getattr(executor, "reporter", None))
-
-    executor.run(todo, fn)
+    executor.run(todo, lambda job, reporter: run_job(ctx, job, reporter))
     if any(not (j.directory(ctx.run_dir) / "predictions.csv").exists() for j in jobs):
         return None
     metrics = write_results(ctx, collect_predictions(ctx.run_dir, jobs))
