@@ -1,5 +1,5 @@
-"""Command line: `posturescreen study | validate | demo | synth`. Each command calls the
-same library functions a notebook user would."""
+"""Command line: `posturescreen study | validate | demo | synth | explain | export | predict
+| serve`. Each command calls the same library functions a notebook user would."""
 
 from __future__ import annotations
 
