@@ -420,6 +420,7 @@ def run_job(ctx: StudyContext, job: Job, reporter: Reporter | None = None) -> bo
                 "threshold": result.threshold,
                 "threshold_rule": result.threshold_rule,
                 "batchnorm_frozen": result.batchnorm_frozen,
+                "training_precision": result.training_precision,
                 "n_train": len(train_idx),
                 "n_val": len(val_idx),
                 "n_test": len(test_idx),
