@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Protocol
@@ -39,7 +39,7 @@ from posturescreen.files import (
 )
 from posturescreen.folds import assert_disjoint, inner_split, outer_folds
 from posturescreen.metrics import METRICS, format_estimate, paper_table, summarize
-from posturescreen.models import Preprocessing, WeightsInfo, build_model, preprocessing_for
+from posturescreen.models import Preprocessing, build_model, preprocessing_for
 from posturescreen.tasks import all_task_labels, class_counts
 from posturescreen.training import FoldData, Reporter, seed_everything, train_fold
 
@@ -103,7 +103,6 @@ class StudyContext:
     cohort: pd.DataFrame  # validated manifest rows kept, + label_<task>, fold_<task>
     cache: ImageCache
     preprocessing: dict[str, Preprocessing]
-    weights: dict[str, WeightsInfo] = field(default_factory=dict)
 
     def jobs(self) -> list[Job]:
         out = []
@@ -354,11 +353,13 @@ def run_job(ctx: StudyContext, job: Job, reporter: Reporter | None = None) -> bo
     # the disjointness of every split, asserted at run time
     assert_disjoint(subjects, is_test.astype(int))
     all_subjects = cohort[cfg.data.subject_column].astype(str)
-    assert not set(all_subjects[val_idx]) & set(all_subjects[train_idx])
+    leaked = set(all_subjects[val_idx]) & set(all_subjects[train_idx])
+    if leaked:  # not `assert`: this check must survive python -O
+        raise AssertionError(f"{job}: subjects in both inner train and validation: "
+                             f"{sorted(leaked)[:5]}")
 
     seed_everything(job.seed(cfg.seed))  # the new head's init must not depend on job order
     model, weights = build_model(job.model, model_cfg.pretrained)
-    ctx.weights[job.model] = weights
     t0 = time.perf_counter()
     data = FoldData(
         ctx.cache.arrays[prep.input_size],
