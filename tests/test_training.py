@@ -68,3 +68,15 @@ def test_training_is_deterministic_on_cpu():
     assert np.array_equal(a.test_prob, b.test_prob)
     assert a.threshold == b.threshold and a.history["train_loss"].equals(b.history["train_loss"])
     assert len(a.history) == 2 and 1 <= a.best_epoch <= 2
+
+
+def test_compiled_training_keeps_plain_state_dict():
+    torch.manual_seed(0)
+    model, _ = build_model("test_resnet", "none")
+    cfg = TrainConfig(epochs=1, batch_size=8, threads=2, compile=True)
+    prep = preprocessing_for("test_resnet", 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train_fold(model, prep, _fold_data(), cfg, ThresholdConfig(), 3)
+    assert set(result.state_dict) == set(before)  # no `_orig_mod.` prefixes
+    assert any(not torch.equal(before[k], result.state_dict[k]) for k in before)
+    assert np.isfinite(result.test_prob).all()

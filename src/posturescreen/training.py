@@ -226,6 +226,8 @@ def train_fold(
         model.to(memory_format=torch.channels_last)
     norm = Normalizer(prep, device)
     augment = build_augmentation(cfg.augment, prep.input_size).to(device)
+    # the compiled module shares the model's parameters; predictions use the eager model
+    step_model = torch.compile(model) if cfg.compile else model
 
     n_pos = int(data.y_train.sum())
     n_neg = len(data.y_train) - n_pos
@@ -265,7 +267,8 @@ def train_fold(
             x = training_batch(data.images[data.train_idx[idx]], augment, norm, device,
                                cfg.channels_last)
             y = torch.from_numpy(data.y_train[idx].astype(np.float32)).to(device)
-            losses.append(train_step(model, x, y, loss_fn, optimizer, device, step_precision))
+            losses.append(train_step(step_model, x, y, loss_fn, optimizer, device,
+                                     step_precision))
             scheduler.step()
             reporter.step()
         val_prob = predict_probs(
