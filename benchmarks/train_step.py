@@ -8,7 +8,8 @@ with PIL and applies torchvision transforms per item, every epoch. Ours: photos 
 and letterboxed once into a uint8 cache (timed separately), batched augmentation on
 tensors (kornia), the library's training_batch + train_step. Same model, batch, steps,
 optimiser and threads, measured in the same run. Variants of ours: channels_last, bf16
-autocast, torch.compile (compile time printed, not counted). Prints images/s, data-wait share of step time and the ratio ours / reference.
+autocast, torch.compile (compile time printed, not counted). Prints images/s, the
+data-wait share of step time and the ratio ours / reference.
 Target (issue: fast on the machines users have): ratio >= 1.3, data-wait < 10%.
 """
 
