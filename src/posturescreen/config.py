@@ -90,8 +90,8 @@ class TrainConfig(_Strict):
     )
     compile: bool = Field(
         False,
-        description="torch.compile the training forward pass: 1.6x for resnet50 on CPU after "
-        "~45 s of compiling per fold; worth it for long runs, not for tiny ones",
+        description="torch.compile the training forward pass (no gain measured on CPU for "
+        "resnet50; costs compile time per fold; for GPU runs to try)",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
     deterministic: bool = Field(False, description="deterministic algorithms (slower on GPU)")
