@@ -77,10 +77,24 @@ def test_offline_imagenet_fails_fast_with_instructions(tmp_path, monkeypatch):
     assert "pretrained: /path/to/file" in msg
 
 
-def test_reachability_check_is_bounded():
+def test_reachability_check_answers_fast_and_stays_on_loopback(monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    real = socket.create_connection
+    calls = []
+
+    def loopback_only(address, timeout=None):
+        calls.append((address, timeout))
+        return real(("127.0.0.1", port), timeout=timeout)
+
+    monkeypatch.setattr(socket, "create_connection", loopback_only)
     t0 = time.perf_counter()
-    models._reachable("https://192.0.2.1/unroutable")  # TEST-NET-1: never answers
-    assert time.perf_counter() - t0 < models.NETWORK_TIMEOUT_S + 2
+    assert models._reachable("https://download.pytorch.org/models/x.pth") is False
+    assert time.perf_counter() - t0 < models.NETWORK_TIMEOUT_S + 1
+    assert calls == [(("download.pytorch.org", 443), models.NETWORK_TIMEOUT_S)]
 
 
 def test_packaged_imagenet_weights_for_lite0():
