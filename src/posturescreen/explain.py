@@ -257,7 +257,7 @@ def explain_run(
     position = {int(r): i for i, r in enumerate(cohort["row"])}
     names = _landmark_names(list(cohort.columns))
     has_mask = "mask" in cohort.columns
-    caches: dict[int, object] = {}
+    cache = None  # decoded once, at every study input size, exactly as the study did
     share_frames = []
     for task in cfg.tasks:
         if tasks and task.name not in tasks:
@@ -267,9 +267,12 @@ def explain_run(
                 continue
             prep = preprocessing_for(mcfg.name, mcfg.image_size)
             size = prep.input_size
-            if size not in caches:
-                caches[size] = build_image_cache(paths, {size: prep.interpolation})
-            cache = caches[size]
+            if cache is None:
+                sizes = {}
+                for m in cfg.models:
+                    p = preprocessing_for(m.name, m.image_size)
+                    sizes[p.input_size] = p.interpolation
+                cache = build_image_cache(paths, sizes)
             out = run_dir / "cams" / safe_name(task.name) / safe_name(mcfg.name)
             (out / "overlays").mkdir(parents=True, exist_ok=True)
             sums = {o: np.zeros((128, 128), np.float64) for o in OUTCOMES}
