@@ -20,6 +20,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from PIL import Image
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from posturescreen import __version__
 from posturescreen.bundle import Bundle
@@ -80,6 +81,7 @@ def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20) -> Fas
                   description="Screen one side-view sitting photo with exported study "
                               "models. " + CAUTION)
     lock = threading.Lock()
+    limit_text = f"{max_upload_bytes / 2**20:g} MB"
     page = resources.files("posturescreen.web").joinpath("page.html").read_text("utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -110,16 +112,21 @@ def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20) -> Fas
                                      f"not {ctype or 'none'!r}")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_upload_bytes:
-            raise HTTPException(413, f"photo larger than {max_upload_bytes // 2**20} MB")
+            raise HTTPException(413, f"photo larger than {limit_text}")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_upload_bytes:
-                raise HTTPException(413, f"photo larger than {max_upload_bytes // 2**20} MB")
+                raise HTTPException(413, f"photo larger than {limit_text}")
             chunks.append(chunk)
         data = b"".join(chunks)
         if not data:
             raise HTTPException(400, "empty upload (0 bytes)")
+        del chunks
+        # decoding and the models run in a worker thread: the event loop keeps serving
+        return await run_in_threadpool(_decode_and_predict, data)
+
+    def _decode_and_predict(data: bytes) -> PredictResponse:
         decoded: dict[int, Image.Image] = {}
         try:
             for b in bundles:
@@ -128,8 +135,6 @@ def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20) -> Fas
                                                                       decode_size(b))
         except ImageReadError as e:
             raise HTTPException(422, str(e)) from e
-        finally:
-            del data, chunks
         with lock:
             preds = [predict_image(b, decoded[decode_size(b)]) for b in bundles]
         return PredictResponse(
