@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,14 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _short_warning(message, category, filename, lineno, line=None) -> str:
+    # users need the message (e.g. "NSP/resnet50 fold 2: NPV undefined"), not our source line
+    return f"warning: {message}\n"
+
+
+warnings.formatwarning = _short_warning
 
 USER_ERRORS = (
     ConfigError,
