@@ -66,3 +66,27 @@ def tiny_manifest(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_config(tiny_manifest) -> StudyConfig:
     return load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}"])
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def chromium_browser():
+    """Debian's headless chromium driven by Playwright. Skips where chromium is missing,
+    except in CI (CI=true), where the browser tests must run."""
+    import os
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI must have chromium: scripts/bootstrap.py installs it")
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

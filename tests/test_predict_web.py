@@ -175,21 +175,14 @@ def test_api_refuses_decompression_bomb(client, monkeypatch):
 
 
 # ------------------------------------------------------------------ a real browser
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI", "").lower() != "true",
-                    reason="needs Debian's chromium (apt-get install chromium)")
-def test_page_in_headless_chromium(bundle, study, tmp_path):
-    assert CHROMIUM, "CI must have chromium: scripts/bootstrap.py installs it"
+def test_page_in_headless_chromium(bundle, study, tmp_path, chromium_browser):
     import uvicorn
-    from playwright.sync_api import sync_playwright
 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app([bundle]), host="127.0.0.1", port=port,
@@ -202,22 +195,17 @@ def test_page_in_headless_chromium(bundle, study, tmp_path):
     photo = next((study[1].parent / "images").glob("*.jpg"))
     errors = []
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
-            page = browser.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.set_input_files("#file", str(photo))
-            page.wait_for_selector(".result img", timeout=60_000)
-            prob = page.text_content(".prob")
-            assert prob and prob.endswith("%")
-            assert page.eval_on_selector(".result img", "i => i.naturalWidth") > 0
-            shot = Path(os.environ.get("POSTURESCREEN_SCREENSHOTS", tmp_path)) / "serve.png"
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shot), full_page=True)
-            browser.close()
+        page = chromium_browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector(".result img", timeout=60_000)
+        prob = page.text_content(".prob")
+        assert prob and prob.endswith("%")
+        assert page.eval_on_selector(".result img", "i => i.naturalWidth") > 0
+        shot = Path(os.environ.get("POSTURESCREEN_SCREENSHOTS", tmp_path)) / "serve.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

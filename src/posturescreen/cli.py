@@ -1,5 +1,5 @@
-"""Command line: `posturescreen study | validate | demo | synth | explain | export | predict
-| serve`. Each command calls the same library functions a notebook user would."""
+"""Command line: `posturescreen study | validate | demo | synth | explain | report | export
+| predict | serve`. Each command calls the same library functions a notebook user would."""
 
 from __future__ import annotations
 
@@ -316,6 +316,21 @@ def serve(
         err_console.print(f"[yellow]serving on {host}: reachable from other machines[/yellow]")
     uvicorn.run(create_app(bundles, int(max_upload_mb * 2**20)), host=host, port=port,
                 log_level="info")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a finished study's run folder")],
+) -> None:
+    """Write report.html (one self-contained file) and results.json for a finished study."""
+    from posturescreen.report import build_report
+    from posturescreen.study import RunFolderConflict
+
+    try:
+        path = build_report(run_dir)
+    except (*USER_ERRORS, RunFolderConflict, FileNotFoundError) as e:
+        _fail(e)
+    console.print(f"report: {path.resolve()}")
 
 
 def main() -> None:

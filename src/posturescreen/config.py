@@ -146,6 +146,7 @@ class StudyConfig(_Strict):
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     cams: CamConfig = Field(default_factory=CamConfig)
+    report: bool = Field(True, description="write report.html and results.json at the end")
 
     @model_validator(mode="after")
     def _unique_names(self) -> StudyConfig:
@@ -172,7 +173,8 @@ class StudyConfig(_Strict):
         recorded separately)."""
         payload = self.model_dump(mode="json")
         payload["data"].pop("manifest", None)
-        payload.pop("cams", None)  # explaining a model does not change its results
+        payload.pop("cams", None)  # explaining or reporting does not change results
+        payload.pop("report", None)
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -542,6 +542,10 @@ def run_study(
 
         explain_run(ctx.run_dir, method=cfg.cams.method, write_overlays=cfg.cams.overlays,
                     console=console)
+    if cfg.report:
+        from posturescreen.report import build_report
+
+        console.print(f"report: {build_report(ctx.run_dir).resolve()}")
     return metrics
 
 
