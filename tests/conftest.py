@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,10 @@ import pytest
 from PIL import Image
 
 from posturescreen.config import StudyConfig, load_config
+
+# tests talk to nothing but loopback: no library telemetry
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
 def make_photo(path: Path, ch: int, nsp: int, rng: np.random.Generator, size: int = 40) -> None:

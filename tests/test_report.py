@@ -77,3 +77,22 @@ def test_report_command(reported):
     assert (reported / "report.html").is_file()
     bad = CliRunner().invoke(app, ["report", str(reported / "nowhere")])
     assert bad.exit_code == 2 and "not a posturescreen run folder" in bad.output
+
+
+def test_mlflow_logs_params_metrics_and_report(reported, monkeypatch):
+    from typer.testing import CliRunner
+
+    from posturescreen.cli import app
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(app, ["report", str(reported), "--mlflow"])
+    assert result.exit_code == 0, result.output
+    import mlflow
+
+    run_id = result.output.split("MLflow run:")[1].split()[0]
+    run = mlflow.get_run(run_id)
+    assert run.data.params["cv.folds"] == "3"
+    assert "CH.test_resnet.AUC.bootstrap" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+    assert {"report.html", "results.json", "metrics.csv"} <= artifacts
+    assert (reported / "mlruns").is_dir()

@@ -321,6 +321,10 @@ def serve(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="a finished study's run folder")],
+    mlflow: Annotated[bool, typer.Option(
+        "--mlflow", help="also log params, metrics and the report to MLflow")] = False,
+    mlflow_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (default: a file store in RUN_DIR/mlruns)")] = None,
 ) -> None:
     """Write report.html (one self-contained file) and results.json for a finished study."""
     from posturescreen.report import build_report
@@ -328,9 +332,13 @@ def report(
 
     try:
         path = build_report(run_dir)
-    except (*USER_ERRORS, RunFolderConflict, FileNotFoundError) as e:
+        console.print(f"report: {path.resolve()}")
+        if mlflow:
+            from posturescreen.report.tracking import log_to_mlflow
+
+            console.print(f"MLflow run: {log_to_mlflow(run_dir, mlflow_uri)}")
+    except (*USER_ERRORS, RunFolderConflict, FileNotFoundError, RuntimeError) as e:
         _fail(e)
-    console.print(f"report: {path.resolve()}")
 
 
 def main() -> None:
