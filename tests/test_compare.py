@@ -59,3 +59,13 @@ def test_compare_models_applies_holm_like_statsmodels():
     expected = multipletests(out["p_value"], method="holm")[1]
     assert np.allclose(out["p_holm"], expected)
     assert (out["p_holm"] >= out["p_value"]).all()
+
+
+def test_auc_matches_hanley_mcneil_1982_published_value():
+    """Hanley & McNeil, Radiology 1982;143:29-36, Table 1: CT ratings of 109 patients
+    (1 = definitely normal ... 5 = definitely abnormal); published AUC 0.893."""
+    normal = np.repeat([1, 2, 3, 4, 5], [33, 6, 6, 11, 2])
+    abnormal = np.repeat([1, 2, 3, 4, 5], [3, 2, 2, 11, 33])
+    y = np.r_[np.zeros(len(normal)), np.ones(len(abnormal))]
+    _, _, auc = placements(y, np.r_[normal, abnormal].astype(float))
+    assert round(auc, 3) == 0.893
