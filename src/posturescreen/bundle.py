@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from posturescreen import __version__
-from posturescreen.models import Preprocessing, build_model, preprocessing_for, sha256_file
+from posturescreen.models import Preprocessing, build_model, sha256_file
 
 BUNDLE_FORMAT = 1
 INTENDED_USE = (
@@ -43,7 +43,7 @@ class BundleError(ValueError):
 def export_bundle(run_dir: Path, task: str, model: str, out: Path) -> Path:
     """Pack the fold models of (task, model) from a finished run; `out` ending in .zip
     gives a zip file, anything else a folder."""
-    from posturescreen.study import Job, library_versions, load_run, safe_name
+    from posturescreen.study import Job, decode_sizes, library_versions, load_run, safe_name
 
     run_dir, out = Path(run_dir), Path(out)
     cfg, cohort = load_run(run_dir)
@@ -86,8 +86,7 @@ def export_bundle(run_dir: Path, task: str, model: str, out: Path) -> Path:
             "resize": "letterbox (aspect kept, padded to square)",
             # the study decoded JPEGs once at its largest input size; doing the same here
             # gives the study's pixels exactly
-            "decode_size": max(preprocessing_for(m.name, m.image_size).input_size
-                               for m in cfg.models),
+            "decode_size": max(decode_sizes(cfg)),
             "channels_last": cfg.train.channels_last, "precision": "fp32"},
         "threshold": {
             "value": float(sum(thresholds) / len(thresholds)),

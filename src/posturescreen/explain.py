@@ -244,7 +244,7 @@ def explain_run(
     from posturescreen.data.manifest import resolve_image_path
     from posturescreen.files import atomic_write_csv
     from posturescreen.models import build_model, preprocessing_for, target_layer
-    from posturescreen.study import Job, load_run, safe_name
+    from posturescreen.study import Job, decode_sizes, load_run, safe_name
 
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
@@ -268,11 +268,7 @@ def explain_run(
             prep = preprocessing_for(mcfg.name, mcfg.image_size)
             size = prep.input_size
             if cache is None:
-                sizes = {}
-                for m in cfg.models:
-                    p = preprocessing_for(m.name, m.image_size)
-                    sizes[p.input_size] = p.interpolation
-                cache = build_image_cache(paths, sizes)
+                cache = build_image_cache(paths, decode_sizes(cfg))
             out = run_dir / "cams" / safe_name(task.name) / safe_name(mcfg.name)
             (out / "overlays").mkdir(parents=True, exist_ok=True)
             sums = {o: np.zeros((128, 128), np.float64) for o in OUTCOMES}

@@ -205,6 +205,17 @@ def _diff_keys(a: object, b: object, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
+def decode_sizes(cfg: StudyConfig) -> dict[int, str]:
+    """Input size -> interpolation for every model of the study: the photos are decoded once
+    at these sizes (JPEG draft decoding at the largest). Explain and export reuse it so they
+    see exactly the study's pixels."""
+    sizes: dict[int, str] = {}
+    for m in cfg.models:
+        p = preprocessing_for(m.name, m.image_size)
+        sizes[p.input_size] = p.interpolation
+    return sizes
+
+
 def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = None) -> StudyContext:
     """Validate data, decode photos once, build labels and folds, write config and cohort."""
     console = console or Console(stderr=True)
@@ -219,7 +230,7 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
 
     manifest = load_manifest(cfg.data.manifest, cfg.data, allow_bad_images=True)
     preprocessing = {m.name: preprocessing_for(m.name, m.image_size) for m in cfg.models}
-    sizes = {p.input_size: p.interpolation for p in preprocessing.values()}
+    sizes = decode_sizes(cfg)
     paths = [Path(p) for p in manifest.table["image_path"]]
     with Progress(
         TextColumn("{task.description}"),
