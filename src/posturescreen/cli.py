@@ -15,6 +15,7 @@ from posturescreen.data.manifest import ManifestError, load_manifest
 from posturescreen.files import OutputError
 from posturescreen.folds import FoldError
 from posturescreen.models import UnknownModelError, WeightsUnavailableError
+from posturescreen.progress import progress_bar
 
 app = typer.Typer(
     add_completion=False,
@@ -144,7 +145,6 @@ def synth(
     ] = None,
 ) -> None:
     """Generate the synthetic cohort: photos, region masks, manifest.csv, generator.json."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from posturescreen.data.synthetic import PAPER_PHOTOS, generate_cohort
 
@@ -152,9 +152,7 @@ def synth(
         _fail(ValueError(f"need at least 8 subjects and 64 px (got {subjects}, {size})"))
     n_photos = photos if photos is not None else round(subjects * PAPER_PHOTOS / 531)
     try:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console
-        ) as progress:
+        with progress_bar(err_console) as progress:
             bar = progress.add_task("rendering photos", total=n_photos)
             manifest = generate_cohort(
                 out, subjects, seed, size, n_photos, progress=lambda n: progress.advance(bar, n)
@@ -259,7 +257,6 @@ def predict(
 ) -> None:
     """Probability per photo and task (mean of the fold models, with their range), the
     decision at the bundle's threshold, and a CAM overlay."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from posturescreen.bundle import BundleError, load_bundle
     from posturescreen.predict import collect_photos, predict_files
@@ -273,8 +270,7 @@ def predict(
     files = collect_photos(photos)
     if not files:
         _fail(ValueError("no photos found in " + ", ".join(str(p) for p in photos)))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=err_console, disable=len(files) < 2) as progress:
+    with progress_bar(err_console, disable=len(files) < 2) as progress:
         bar = progress.add_task("predicting", total=len(files))
         table = predict_files(files, bundles, out / "overlays" if cam else None, cam,
                               lambda n: progress.advance(bar, n))

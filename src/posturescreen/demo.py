@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from posturescreen.config import StudyConfig, load_config
 from posturescreen.data.synthetic import PAPER_PHOTOS, generate_cohort
+from posturescreen.progress import progress_bar
 
 DEMO_SUBJECTS = 160
 DEMO_IMAGE_SIZE = 256  # photos on disk; the model sees DEMO_INPUT_SIZE
@@ -45,12 +45,7 @@ def demo_cohort(
         return manifest
     n_photos = round(subjects * PAPER_PHOTOS / 531)
     tmp = folder.with_name(folder.name + ".partial")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console or Console(stderr=True),
-    ) as progress:
+    with progress_bar(console or Console(stderr=True)) as progress:
         bar = progress.add_task(f"generating {n_photos} synthetic photos", total=n_photos)
         generate_cohort(
             tmp, subjects, seed, size, n_photos, progress=lambda n: progress.advance(bar, n)

@@ -237,13 +237,13 @@ def explain_run(
     """CAMs for every photo from the fold model that did not train on it; writes cams/ and
     returns the region summary (task, model, outcome, region, share, enrichment, n)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from safetensors.torch import load_file
 
     from posturescreen.data.images import build_image_cache, letterbox_labels
     from posturescreen.data.manifest import resolve_image_path
     from posturescreen.files import atomic_write_csv
     from posturescreen.models import build_model, preprocessing_for, target_layer
+    from posturescreen.progress import progress_bar
     from posturescreen.study import Job, decode_sizes, load_run, safe_name
 
     console = console or Console(stderr=True)
@@ -276,8 +276,7 @@ def explain_run(
             most_confident = {o: _TopK(2) for o in OUTCOMES}
             folds = sorted(int(p.name[4:]) for p in (run_dir / safe_name(task.name) /
                                                      safe_name(mcfg.name)).glob("fold*"))
-            with Progress(TextColumn("{task.description}"), BarColumn(),
-                          MofNCompleteColumn(), console=console) as progress:
+            with progress_bar(console) as progress:
                 bar = progress.add_task(f"CAMs {task.name} / {mcfg.name}", total=len(folds))
                 for k in folds:
                     job_dir = Job(task.name, mcfg.name, k).directory(run_dir)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 from safetensors.torch import save_file
 
@@ -40,6 +40,7 @@ from posturescreen.files import (
 from posturescreen.folds import assert_disjoint, inner_split, outer_folds
 from posturescreen.metrics import METRICS, format_estimate, paper_table, summarize
 from posturescreen.models import Preprocessing, build_model, preprocessing_for
+from posturescreen.progress import progress_bar
 from posturescreen.tasks import all_task_labels, class_counts
 from posturescreen.training import FoldData, Reporter, seed_everything, train_fold
 
@@ -143,13 +144,7 @@ class LocalExecutor:
         self.console = console or Console(stderr=True)
 
     def run(self, jobs: list[Job], fn: Callable[[Job, Reporter | None], None]) -> None:
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=self.console, transient=False) as progress:
+        with progress_bar(self.console, elapsed=True, transient=False) as progress:
             overall = progress.add_task("study jobs", total=len(jobs))
             epoch_bar = progress.add_task("", total=1)
             for job in jobs:
@@ -232,13 +227,7 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
     preprocessing = {m.name: preprocessing_for(m.name, m.image_size) for m in cfg.models}
     sizes = decode_sizes(cfg)
     paths = [Path(p) for p in manifest.table["image_path"]]
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with progress_bar(console, elapsed=True) as progress:
         bar = progress.add_task(
             f"decoding {len(paths)} photos at {sorted(sizes)} px", total=len(paths)
         )
