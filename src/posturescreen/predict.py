@@ -6,12 +6,13 @@ web page."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, TypeVar
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from posturescreen.bundle import Bundle
 from posturescreen.data.images import letterbox, read_image_file
@@ -19,26 +20,35 @@ from posturescreen.explain import compute_cams, overlay
 from posturescreen.models import target_layer
 from posturescreen.training import predict_probs
 
+T = TypeVar("T")
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-@dataclass
-class Prediction:
+class PredictionResult(BaseModel):
+    """What a prediction reports: the CLI's CSV/JSON rows and the web API's results."""
+
     task: str
     model: str
-    probability: float
+    probability: float  # mean over the fold models
     fold_min: float
     fold_max: float
     fold_probabilities: list[float]
     threshold: float
-    positive: bool
-    cam_overlay: np.ndarray | None = field(default=None, repr=False)  # RGB uint8
+    decision: Literal["positive", "negative"]
+
+
+class Prediction(PredictionResult):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    cam_overlay: np.ndarray | None = Field(default=None, exclude=True, repr=False)  # RGB uint8
+
+    @property
+    def positive(self) -> bool:
+        return self.decision == "positive"
 
     def as_dict(self) -> dict:
-        return {"task": self.task, "model": self.model, "probability": self.probability,
-                "fold_min": self.fold_min, "fold_max": self.fold_max,
-                "fold_probabilities": self.fold_probabilities, "threshold": self.threshold,
-                "decision": "positive" if self.positive else "negative"}
+        return self.model_dump()
 
 
 def predict_image(bundle: Bundle, image: Image.Image, with_cam: bool = True) -> Prediction:
@@ -58,14 +68,26 @@ def predict_image(bundle: Bundle, image: Image.Image, with_cam: bool = True) -> 
         probs = [float(predict_probs(m, batch, prep, device, 1, "fp32", cl)[0])
                  for m in bundle.models]
     p = float(np.mean(probs))
-    return Prediction(bundle.metadata["task"], bundle.metadata["model"], p, min(probs),
-                      max(probs), probs, bundle.threshold, p >= bundle.threshold, cam)
+    return Prediction(task=bundle.metadata["task"], model=bundle.metadata["model"],
+                      probability=p, fold_min=min(probs), fold_max=max(probs),
+                      fold_probabilities=probs, threshold=bundle.threshold,
+                      decision="positive" if p >= bundle.threshold else "negative",
+                      cam_overlay=cam)
 
 
 def decode_size(bundle: Bundle) -> int:
     """The size the study decoded JPEGs at (its largest input size)."""
     return int(bundle.metadata["preprocessing"].get("decode_size",
                                                     bundle.preprocessing.input_size))
+
+
+def decode_for_bundles(bundles: Sequence[Bundle], decode: Callable[[int], T]) -> dict[int, T]:
+    """decode(size) once per distinct study decode size among the bundles."""
+    decoded: dict[int, T] = {}
+    for b in bundles:
+        if decode_size(b) not in decoded:
+            decoded[decode_size(b)] = decode(decode_size(b))
+    return decoded
 
 
 def collect_photos(inputs: Sequence[Path]) -> list[Path]:
@@ -92,12 +114,9 @@ def predict_files(
 
     rows = []
     for path in photos:
-        decoded: dict[int, Image.Image] = {}  # one decode per distinct study decode size
         try:
-            for b in bundles:
-                size = decode_size(b)
-                if size not in decoded:
-                    decoded[size] = read_image_file(Path(path), draft_size=size)[0]
+            decoded = decode_for_bundles(
+                bundles, lambda size, path=path: read_image_file(Path(path), draft_size=size)[0])
         except ImageReadError as e:
             rows.append({"photo": str(path), "error": str(e)})
             if progress:

@@ -25,20 +25,17 @@ from pydantic import BaseModel
 from posturescreen import __version__
 from posturescreen.bundle import Bundle
 from posturescreen.data.images import ImageReadError, decode_image
-from posturescreen.predict import decode_size, predict_image
+from posturescreen.predict import (
+    PredictionResult,
+    decode_for_bundles,
+    decode_size,
+    predict_image,
+)
 
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
 
 
-class TaskResult(BaseModel):
-    task: str
-    model: str
-    probability: float
-    fold_min: float
-    fold_max: float
-    fold_probabilities: list[float]
-    threshold: float
-    decision: str
+class TaskResult(PredictionResult):
     cam_overlay_png: str  # data URL
 
 
@@ -130,15 +127,12 @@ def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20) -> Fas
                                                                 _decode_and_predict, data)
 
     def _decode_and_predict(data: bytes) -> PredictResponse:
-        decoded: dict[int, Image.Image] = {}
         try:
-            for b in bundles:
-                if decode_size(b) not in decoded:
-                    decoded[decode_size(b)], full_size = decode_image(data, "upload",
-                                                                      decode_size(b))
+            decoded = decode_for_bundles(bundles, lambda size: decode_image(data, "upload", size))
         except ImageReadError as e:
             raise HTTPException(422, str(e)) from e
-        preds = [predict_image(b, decoded[decode_size(b)]) for b in bundles]
+        preds = [predict_image(b, decoded[decode_size(b)][0]) for b in bundles]
+        full_size = next(iter(decoded.values()))[1]
         return PredictResponse(
             width=full_size[0], height=full_size[1], caution=CAUTION,
             results=[TaskResult(**{**p.as_dict(), "cam_overlay_png":
