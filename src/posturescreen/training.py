@@ -216,11 +216,11 @@ def train_fold(
 ) -> FoldResult:
     reporter = reporter or _Silent()
     freeze_bn = pretrained if cfg.freeze_batchnorm == "auto" else cfg.freeze_batchnorm
-    step_precision = training_precision(resolve_device(cfg), cfg.precision)
     seed_everything(seed, cfg.deterministic)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg)
+    step_precision = training_precision(device, cfg.precision)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
