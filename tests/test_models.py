@@ -104,6 +104,20 @@ def test_packaged_imagenet_weights_for_lite0():
     assert not torch.equal(model.conv_stem.weight, fresh.conv_stem.weight)
 
 
+@pytest.mark.parametrize("name, pretrained", [("tf_efficientnet_lite0", "imagenet"),
+                                              ("test_efficientnet", "none"),
+                                              ("resnet18", "none")])
+def test_fresh_head_starts_near_even_odds(name, pretrained):
+    """timm's EfficientNet init gave one-output heads logits near -10 on ImageNet features;
+    the first steps' gradients then wrecked the backbone and training collapsed."""
+    torch.manual_seed(0)
+    model, _ = build_model(name, pretrained)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.rand(4, 3, 96, 96) * 2 - 1).view(-1)
+    assert logits.abs().max() < 1.0, logits
+
+
 def test_local_weights_file(tmp_path):
     from safetensors.torch import save_file
 

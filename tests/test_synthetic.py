@@ -152,3 +152,23 @@ def test_synth_cli_writes_cohort_and_sheet(tmp_path):
     assert Image.open(tmp_path / "sheet.png").size == (4 * 256, 3 * (256 + 18))
     bad = CliRunner().invoke(app, ["synth", "--out", str(out), "--subjects", "3"])
     assert bad.exit_code == 2 and "at least 8 subjects" in bad.output
+
+
+def test_posture_contrast_exaggerates_drawing_not_labels(tmp_path, small_cohort):
+    strong = S.generate_cohort(tmp_path / "strong", n_subjects=20, seed=3, size=160,
+                               contrast=2.5)
+    base = pd.read_csv(small_cohort)
+    assert pd.read_csv(strong)[["subject_id", "ch", "nsp"]].equals(
+        base[["subject_id", "ch", "nsp"]])
+
+    def drawn(folder: Path, key: str) -> np.ndarray:
+        gen = pd.read_json(folder / "generator.json", typ="series")
+        return np.array([p["posture"][key] for p in gen["photos"]])
+
+    for key, (mean, _, _) in S.POSTURE.items():
+        assert np.allclose(drawn(strong.parent, key) - mean,
+                           2.5 * (drawn(small_cohort.parent, key) - mean), atol=0.01)
+    with pytest.raises(ValueError, match="contrast"):
+        S.generate_cohort(tmp_path / "bad", n_subjects=20, seed=3, size=96, contrast=0)
+    with pytest.raises(ValueError, match="label noise"):
+        S.generate_cohort(tmp_path / "bad", n_subjects=20, seed=3, size=96, noise=-1)

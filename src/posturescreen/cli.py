@@ -143,6 +143,16 @@ def synth(
     sheet: Annotated[
         Path | None, typer.Option(help="also write a contact sheet of 12 workers to this PNG")
     ] = None,
+    label_noise: Annotated[
+        float, typer.Option(help="Gumbel scale of the label noise (lower: labels follow posture)")
+    ] = 1.4,
+    contrast: Annotated[
+        float,
+        typer.Option(
+            help="draw posture deviations this many times larger (labels unchanged); "
+            "1 is realistic, 2.5 is learnable by small CPU models"
+        ),
+    ] = 1.0,
 ) -> None:
     """Generate the synthetic cohort: photos, region masks, manifest.csv, generator.json."""
 
@@ -155,7 +165,14 @@ def synth(
         with progress_bar(err_console) as progress:
             bar = progress.add_task("rendering photos", total=n_photos)
             manifest = generate_cohort(
-                out, subjects, seed, size, n_photos, progress=lambda n: progress.advance(bar, n)
+                out,
+                subjects,
+                seed,
+                size,
+                n_photos,
+                noise=label_noise,
+                progress=lambda n: progress.advance(bar, n),
+                contrast=contrast,
             )
     except (ValueError, OSError) as e:
         _fail(e)

@@ -273,10 +273,21 @@ def _timm_imagenet(name: str, model: nn.Module) -> WeightsInfo:
     return WeightsInfo("timm", path, sha256_file(Path(path)))
 
 
+def init_head(head: nn.Module) -> None:
+    """Start a fresh single-logit head near p = 0.5. timm's EfficientNet init draws U(-1, 1)
+    for one output, which puts ImageNet-feature logits near ±10: the first steps' huge
+    gradients then wreck the pretrained backbone and training collapses to a constant."""
+    if isinstance(head, (nn.Linear, nn.Conv2d)):
+        nn.init.normal_(head.weight, std=0.01)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+
+
 def _new_head(model: nn.Module, name: str) -> None:
     parent, attr = _TORCHVISION[name].head(model)
     old = getattr(parent, attr) if not attr.isdigit() else parent[int(attr)]
     new = nn.Linear(old.in_features, 1)
+    init_head(new)
     if attr.isdigit():
         parent[int(attr)] = new
     else:
@@ -298,6 +309,7 @@ def build_model(name: str, pretrained: str = "imagenet") -> tuple[nn.Module, Wei
     if not _timm_exists(name):
         raise UnknownModelError(_unknown_model_message(name))
     model = timm.create_model(name, pretrained=False, num_classes=1)
+    init_head(model.get_classifier())
     if pretrained == "imagenet":
         info = _timm_imagenet(name, model)
     elif pretrained != "none":

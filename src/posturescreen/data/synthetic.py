@@ -605,8 +605,11 @@ def scaled_cells(n_subjects: int) -> dict[tuple[int, int], int]:
     return cells
 
 
-def _photo_posture(w: Worker, rng: np.random.Generator) -> dict[str, float]:
-    """A worker's habitual posture, varied a little from photo to photo."""
+def _photo_posture(
+    w: Worker, rng: np.random.Generator, contrast: float = 1.0
+) -> dict[str, float]:
+    """A worker's habitual posture, varied a little from photo to photo; `contrast` > 1
+    draws every deviation from the population mean that many times larger."""
     jitter = {
         "cva": 1.5,
         "head_flexion": 3.0,
@@ -617,7 +620,10 @@ def _photo_posture(w: Worker, rng: np.random.Generator) -> dict[str, float]:
         "hip_angle": 3.0,
         "knee_angle": 4.0,
     }
-    return {k: v + float(rng.normal(0, jitter[k])) for k, v in w.posture.items()}
+    drawn = {k: v + float(rng.normal(0, jitter[k])) for k, v in w.posture.items()}
+    if contrast == 1.0:
+        return drawn
+    return {k: POSTURE[k][0] + contrast * (v - POSTURE[k][0]) for k, v in drawn.items()}
 
 
 def _camera(site: Site, rng: np.random.Generator) -> dict[str, float]:
@@ -659,9 +665,18 @@ def generate_cohort(
     n_photos: int | None = None,
     noise: float = DEFAULT_NOISE,
     progress=None,
+    contrast: float = 1.0,
 ) -> Path:
     """Write photos, masks, manifest.csv and generator.json into `out`; returns the
-    manifest path. The same arguments give the same bytes."""
+    manifest path. The same arguments give the same bytes.
+
+    `contrast` exaggerates how posture is drawn (labels are unchanged): 1 is the realistic
+    cohort; about 2.5 gives a cohort small CPU-trained models can learn, used to check
+    that CAMs land on the region that drives each label."""
+    if not 0.0 < contrast <= 4.0:
+        raise ValueError(f"posture contrast must be in (0, 4], got {contrast}")
+    if noise < 0:
+        raise ValueError(f"label noise must be >= 0, got {noise}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -674,7 +689,7 @@ def generate_cohort(
     for i, w in enumerate(workers):
         for k in range(int(counts[i])):
             rng = np.random.default_rng([seed, 2, i, k])
-            posture = _photo_posture(w, rng)
+            posture = _photo_posture(w, rng, contrast)
             camera = _camera(sites[w.site], rng)
             img, mask, landmarks = render_photo(w, posture, camera, sites[w.site], size, rng)
             stem = f"{w.subject_id}_{k + 1}"
@@ -733,6 +748,7 @@ def generate_cohort(
         "n_subjects": n_subjects,
         "n_photos": n_photos,
         "label_noise": noise,
+        "posture_contrast": contrast,
         "cells": {f"ch={c},nsp={n}": v for (c, n), v in scaled_cells(n_subjects).items()},
         "risk_model": {"CH": CH_WEIGHTS, "NSP": NSP_WEIGHTS, "both_interaction": BOTH_INTERACTION},
         "posture_parameters": {
