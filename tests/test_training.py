@@ -62,6 +62,13 @@ def test_batchnorm_frozen_for_pretrained_not_from_scratch():
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_batchnorm_statistics_adapt_by_default():
+    assert TrainConfig().freeze_batchnorm is False
+    result, before, after = _train(pretrained=True, freeze=TrainConfig().freeze_batchnorm)
+    assert not result.batchnorm_frozen
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def test_training_is_deterministic_on_cpu():
     a, _, _ = _train(pretrained=False, seed=5)
     b, _, _ = _train(pretrained=False, seed=5)

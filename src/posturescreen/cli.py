@@ -153,10 +153,17 @@ def synth(
             "1 is realistic, 2.5 is learnable by small CPU models"
         ),
     ] = 1.0,
+    balanced: Annotated[
+        bool,
+        typer.Option(
+            help="equal workers with CH+NSP, CH only, NSP only and neither (CH and NSP "
+            "independent) instead of the paper's proportions"
+        ),
+    ] = False,
 ) -> None:
     """Generate the synthetic cohort: photos, region masks, manifest.csv, generator.json."""
 
-    from posturescreen.data.synthetic import PAPER_PHOTOS, generate_cohort
+    from posturescreen.data.synthetic import PAPER_PHOTOS, balanced_cells, generate_cohort
 
     if subjects < 8 or size < 64:
         _fail(ValueError(f"need at least 8 subjects and 64 px (got {subjects}, {size})"))
@@ -173,6 +180,7 @@ def synth(
                 noise=label_noise,
                 progress=lambda n: progress.advance(bar, n),
                 contrast=contrast,
+                cells=balanced_cells(subjects) if balanced else None,
             )
     except (ValueError, OSError) as e:
         _fail(e)

@@ -194,6 +194,12 @@ def train_step(
     return float(loss.detach())
 
 
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel (CPU and CUDA): one pass over all parameters instead of a
+    loop of small ops per tensor."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def _lr_lambda(total_steps: int, warmup_steps: int):
     def f(step: int) -> float:
         if step < warmup_steps:
@@ -241,7 +247,7 @@ def train_fold(
     batch = min(cfg.batch_size, n)
     # drop a last batch of one: BatchNorm cannot train on a single sample
     steps_per_epoch = n // batch + (1 if n % batch > 1 else 0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     total = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch))

@@ -590,6 +590,12 @@ def _camera_effects(
 
 
 # ---------------------------------------------------------------- the cohort
+def balanced_cells(n_subjects: int) -> dict[tuple[int, int], int]:
+    """Equal workers in the four (CH, NSP) cells: the two labels independent."""
+    base, extra = divmod(n_subjects, 4)
+    return {c: base + (k < extra) for k, c in enumerate([(1, 1), (1, 0), (0, 1), (0, 0)])}
+
+
 def scaled_cells(n_subjects: int) -> dict[tuple[int, int], int]:
     """The paper's cell proportions for any cohort size (exact at 531)."""
     total = sum(PAPER_CELLS.values())
@@ -666,13 +672,16 @@ def generate_cohort(
     noise: float = DEFAULT_NOISE,
     progress=None,
     contrast: float = 1.0,
+    cells: dict[tuple[int, int], int] | None = None,
 ) -> Path:
     """Write photos, masks, manifest.csv and generator.json into `out`; returns the
     manifest path. The same arguments give the same bytes.
 
     `contrast` exaggerates how posture is drawn (labels are unchanged): 1 is the realistic
     cohort; about 2.5 gives a cohort small CPU-trained models can learn, used to check
-    that CAMs land on the region that drives each label."""
+    that CAMs land on the region that drives each label. `cells` sets the workers per
+    (CH, NSP) cell instead of the paper's proportions (equal cells make CH and NSP
+    independent)."""
     if not 0.0 < contrast <= 4.0:
         raise ValueError(f"posture contrast must be in (0, 4], got {contrast}")
     if noise < 0:
@@ -682,7 +691,8 @@ def generate_cohort(
     (out / "masks").mkdir(parents=True, exist_ok=True)
     if n_photos is None:
         n_photos = n_subjects if n_subjects == 0 else round(n_subjects * PAPER_PHOTOS / 531)
-    workers = make_workers(n_subjects, seed, noise)
+    cells = cells or scaled_cells(n_subjects)
+    workers = make_workers(n_subjects, seed, noise, cells)
     counts = _photo_counts(n_subjects, n_photos, np.random.default_rng([seed, 1]))
     sites = {s.name: s for s in SITES}
     rows, records = [], []
@@ -749,7 +759,7 @@ def generate_cohort(
         "n_photos": n_photos,
         "label_noise": noise,
         "posture_contrast": contrast,
-        "cells": {f"ch={c},nsp={n}": v for (c, n), v in scaled_cells(n_subjects).items()},
+        "cells": {f"ch={c},nsp={n}": v for (c, n), v in cells.items()},
         "risk_model": {"CH": CH_WEIGHTS, "NSP": NSP_WEIGHTS, "both_interaction": BOTH_INTERACTION},
         "posture_parameters": {
             k: {"mean": m, "sd": s, "meaning": t} for k, (m, s, t) in POSTURE.items()
