@@ -195,9 +195,9 @@ def train_step(
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with the fused kernel (CPU and CUDA): one pass over all parameters instead of a
-    loop of small ops per tensor."""
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    """AdamW, torch's default (foreach) kernel: the fused one measured no faster on CPU
+    (docs/performance.md)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
