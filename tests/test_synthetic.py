@@ -172,3 +172,21 @@ def test_posture_contrast_exaggerates_drawing_not_labels(tmp_path, small_cohort)
         S.generate_cohort(tmp_path / "bad", n_subjects=20, seed=3, size=96, contrast=0)
     with pytest.raises(ValueError, match="label noise"):
         S.generate_cohort(tmp_path / "bad", n_subjects=20, seed=3, size=96, noise=-1)
+
+
+def test_balanced_cells_make_ch_and_nsp_independent(tmp_path):
+    from typer.testing import CliRunner
+
+    from posturescreen.cli import app
+
+    assert S.balanced_cells(10) == {(1, 1): 3, (1, 0): 3, (0, 1): 2, (0, 0): 2}
+    out = tmp_path / "b"
+    result = CliRunner().invoke(app, ["synth", "--out", str(out), "--subjects", "16",
+                                      "--size", "96", "--balanced", "--contrast", "2",
+                                      "--label-noise", "0.5"])
+    assert result.exit_code == 0, result.output
+    workers = pd.read_csv(out / "manifest.csv").drop_duplicates("subject_id")
+    assert workers.groupby(["ch", "nsp"]).size().tolist() == [4, 4, 4, 4]
+    gen = pd.read_json(out / "generator.json", typ="series")
+    assert gen["posture_contrast"] == 2 and gen["label_noise"] == 0.5
+    assert gen["cells"] == {"ch=1,nsp=1": 4, "ch=1,nsp=0": 4, "ch=0,nsp=1": 4, "ch=0,nsp=0": 4}
