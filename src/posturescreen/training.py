@@ -261,7 +261,7 @@ def train_fold(
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        if freeze_bn:  # ImageNet statistics beat ones re-estimated from 16-photo batches
+        if freeze_bn:  # keep the starting weights' statistics (train.freeze_batchnorm)
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()

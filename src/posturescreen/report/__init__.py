@@ -153,7 +153,7 @@ def _jsonable(obj):
 
 def build_report(run_dir: Path) -> Path:
     """Write report.html and results.json into the run folder; returns the HTML path."""
-    from posturescreen.study import load_run
+    from posturescreen.study import load_run, safe_name
 
     run_dir = Path(run_dir)
     cfg, cohort = load_run(run_dir)
@@ -207,7 +207,7 @@ def build_report(run_dir: Path) -> Path:
         panels = []
         for t in tasks:
             for m in models:
-                d = cam_dir / t.replace("/", "_") / m
+                d = cam_dir / safe_name(t) / safe_name(m)
                 if not d.exists():
                     continue
                 panels.append({
