@@ -45,8 +45,8 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
 
 def training_precision(device: torch.device, precision: str) -> str:
     """`auto` -> bf16 on CUDA GPUs that support it, fp32 on CPU (bf16 on CPU is opt-in: same
-    AUC on posturecoach and 2.5x faster steps for resnet50, but slower for depthwise models
-    such as lite0, see docs/performance.md). Only training steps use it: every prediction
+    AUC on posturecoach and 2.5x faster steps for resnet50, but the lite0 study was not
+    faster, see docs/performance.md). Only training steps use it: every prediction
     (inner validation, test fold, CAMs, bundles) is fp32, so exported models reproduce the
     study's out-of-fold probabilities exactly."""
     if precision != "auto":
