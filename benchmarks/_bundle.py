@@ -8,7 +8,7 @@ from pathlib import Path
 from posturescreen.bundle import export_bundle
 from posturescreen.config import load_config
 from posturescreen.data.synthetic import generate_cohort
-from posturescreen.study import run_study
+from posturescreen.pipeline import run_study
 
 
 def make_bundle(folder: Path, model: str = "resnet50", size: int = 224) -> Path:

@@ -18,7 +18,7 @@ from posturescreen.data.images import ImageReadError, read_image_file
 from posturescreen.data.manifest import ManifestError, load_manifest
 from posturescreen.files import OutputError
 from posturescreen.folds import FoldError
-from posturescreen.study import run_study
+from posturescreen.pipeline import run_study
 
 
 def test_palette_png_with_transparency_becomes_rgb_on_white(tmp_path):

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import TINY_OVERRIDES
 from posturescreen.config import load_config
-from posturescreen.study import run_study
+from posturescreen.pipeline import run_study
 
 # slower jobs (about a second or two each) so the kill lands inside one
 SLOW = [*TINY_OVERRIDES, "train.epochs=25", "train.patience=25",
@@ -23,6 +24,7 @@ def _done(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("*/*/fold*/predictions.csv"))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_job_then_resume_equals_uninterrupted(tiny_manifest, tmp_path):
     overrides = [*SLOW, f"data.manifest={tiny_manifest}"]
     killed = tmp_path / "killed"

@@ -23,8 +23,9 @@ from posturescreen.cli import app as cli
 from posturescreen.config import load_config
 from posturescreen.data.images import read_image_file
 from posturescreen.data.synthetic import generate_cohort
-from posturescreen.predict import decode_size, predict_image
-from posturescreen.study import load_run, run_study
+from posturescreen.pipeline import run_study
+from posturescreen.predict import predict_image
+from posturescreen.runfolder import load_run
 from posturescreen.web.app import create_app
 
 
@@ -76,7 +77,7 @@ def test_fold_models_reproduce_the_out_of_fold_predictions(study, bundle):
         sub = preds[preds["fold"] == k].head(5)
         single = type(bundle)(bundle.path, bundle.metadata, [model], bundle.preprocessing)
         for r in sub.itertuples():
-            img = read_image_file(manifest.parent / r.image, draft_size=decode_size(bundle))[0]
+            img = read_image_file(manifest.parent / r.image, draft_size=bundle.decode_size)[0]
             p = predict_image(single, img, with_cam=False).probability
             assert p == pytest.approx(r.prob, abs=1e-5)
             # the CAM's own forward pass gives the same probability

@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY_OVERRIDES
 from posturescreen.config import load_config
 from posturescreen.metrics import format_estimate
-from posturescreen.study import run_study
+from posturescreen.pipeline import run_study
 
 SECTIONS = ("header", "data", "methods", "results", "roc", "confusion", "calibration",
             "comparisons", "cams", "limitations", "checklist")

@@ -10,7 +10,8 @@ from conftest import TINY_OVERRIDES, make_cohort
 from posturescreen.cli import app
 from posturescreen.config import ConfigError, load_config
 from posturescreen.data.manifest import ManifestError
-from posturescreen.study import RunFolderConflict, run_study
+from posturescreen.pipeline import run_study
+from posturescreen.runfolder import RunFolderConflict
 from posturescreen.tasks import all_task_labels, class_counts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,8 +107,6 @@ def test_run_folder_from_other_config_is_refused(finished_run, tmp_path):
 
 
 def test_custom_task_rest_negatives_and_counts(tiny_manifest):
-    import pandas as pd
-
     from posturescreen.data.manifest import load_manifest
 
     cfg = load_config(
@@ -123,7 +122,6 @@ def test_custom_task_rest_negatives_and_counts(tiny_manifest):
     assert set(labels["CH"].index) == set(table.index)  # rest: everyone is in
     assert (table.loc[labels["old"].index, "age"].between(35, 39)).sum() == 0
     counts = class_counts(table, labels, "subject_id")
-    assert isinstance(counts, pd.DataFrame)
     ch = counts[counts.task == "CH"].set_index("class")
     assert ch.loc["positive", "photos"] == int(table["ch"].sum())
     bad = load_config(None, ["tasks=[{name: x, positive: 'chh == 1'}]"])

@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+from posturescreen.body import REGION_IDS
 from posturescreen.data import synthetic as S
 from posturescreen.data.manifest import load_manifest
 
@@ -26,7 +27,7 @@ def test_paper_counts_exact():
     cells = pd.Series([(w.ch, w.nsp) for w in workers]).value_counts().to_dict()
     assert cells == {(0, 1): 257, (0, 0): 139, (1, 1): 108, (1, 0): 27}
     assert sum(w.ch for w in workers) == 135 and sum(w.nsp for w in workers) == 365
-    counts = S._photo_counts(531, 904, np.random.default_rng(0))
+    counts = S.photo_counts(531, 904, np.random.default_rng(0))
     assert counts.sum() == 904 and counts.min() == 1 and counts.max() == 3
 
 
@@ -96,7 +97,7 @@ def test_every_landmark_inside_its_region(small_cohort):
         mask = np.asarray(Image.open(small_cohort.parent / row.mask))
         for name in S.LANDMARKS:
             x, y = round(getattr(row, f"{name}_x")), round(getattr(row, f"{name}_y"))
-            region = S.REGIONS[S.LANDMARK_REGION[name]]
+            region = REGION_IDS[S.LANDMARK_REGION[name]]
             window = mask[max(0, y - 1):y + 2, max(0, x - 1):x + 2]
             assert (window == region).any(), (row.image, name, mask[y, x])
 
@@ -106,7 +107,7 @@ def test_masks_cover_the_figure():
     nearly all of the mask changes."""
     worker = S.make_workers(8, seed=2)[0]
     site = S.SITES[0]
-    camera = S._camera(site, np.random.default_rng(0))
+    camera = S.camera_for_photo(site, np.random.default_rng(0))
     camera["blur"] = 0.0
     posture = dict(worker.posture)
     img_a, mask, _ = S.render_photo(worker, posture, camera, site, 256,
@@ -122,12 +123,12 @@ def test_masks_cover_the_figure():
     assert not (changed & ~figure).any()
     inner = ndimage.binary_erosion(np.asarray(mask) > 0, iterations=2)
     assert (changed & inner).sum() / inner.sum() > 0.9
-    assert set(np.unique(mask)) == set(S.REGIONS.values())
+    assert set(np.unique(mask)) == set(REGION_IDS.values())
 
 
 def test_demo_config_runs_end_to_end_at_tiny_size(small_cohort, tmp_path):
     from posturescreen.demo import demo_config
-    from posturescreen.study import run_study
+    from posturescreen.pipeline import run_study
 
     cfg = demo_config(small_cohort, ["models=[{name: tf_efficientnet_lite0, "
                                      "pretrained: imagenet, image_size: 32}]",
@@ -151,7 +152,7 @@ def test_synth_cli_writes_cohort_and_sheet(tmp_path):
     assert len(list((out / "images").glob("*.jpg"))) == len(list((out / "masks").glob("*.png")))
     assert Image.open(tmp_path / "sheet.png").size == (4 * 256, 3 * (256 + 18))
     bad = CliRunner().invoke(app, ["synth", "--out", str(out), "--subjects", "3"])
-    assert bad.exit_code == 2 and "at least 8 subjects" in bad.output
+    assert bad.exit_code == 2 and "subjects must be between 8 and" in bad.output
 
 
 def test_posture_contrast_exaggerates_drawing_not_labels(tmp_path, small_cohort):

@@ -7,24 +7,63 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
 
-from posturescreen.config import ConfigError, DataConfig, load_config
-from posturescreen.data.manifest import ManifestError, load_manifest
-from posturescreen.files import OutputError
-from posturescreen.folds import FoldError
-from posturescreen.models import UnknownModelError, WeightsUnavailableError
+from posturescreen.bundle import export_bundle, load_bundle
+from posturescreen.config import DataConfig, load_config
+from posturescreen.data.manifest import load_manifest
+from posturescreen.data.synthetic import (
+    balanced_cells,
+    check_settings,
+    contact_sheet,
+    generate_cohort,
+    paper_photo_count,
+)
+from posturescreen.demo import demo_cohort, demo_config
+from posturescreen.errors import PostureScreenError
+from posturescreen.explain import enrichment_table, explain_run
+from posturescreen.pipeline import run_study
+from posturescreen.predict import collect_photos, predict_files, write_predictions
 from posturescreen.progress import progress_bar
+from posturescreen.report import build_report
+from posturescreen.report.tracking import log_to_mlflow
+from posturescreen.results import print_results
+from posturescreen.runfolder import cam_dir
+from posturescreen.web.app import create_app
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    """Print one error on stderr and exit with code 2 (paths printed intact, no markup)."""
+    err_console.print("[bold red]error:[/bold red] ", end="")
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+class _Commands(TyperGroup):
+    """Every command runs here: a user-facing error (any PostureScreenError) becomes one
+    clear message and exit code 2, in this one place."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PostureScreenError as e:
+            fail(str(e))
+
 
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
     help="Posture-photo deep-learning studies with subject-grouped CV and "
     "honest confidence intervals.",
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
 def _short_warning(message, category, filename, lineno, line=None) -> str:
@@ -33,21 +72,6 @@ def _short_warning(message, category, filename, lineno, line=None) -> str:
 
 
 warnings.formatwarning = _short_warning
-
-USER_ERRORS = (
-    ConfigError,
-    ManifestError,
-    FoldError,
-    WeightsUnavailableError,
-    UnknownModelError,
-    OutputError,
-)
-
-
-def _fail(e: Exception) -> None:
-    err_console.print("[bold red]error:[/bold red] ", end="")
-    err_console.print(str(e), markup=False, highlight=False, soft_wrap=True)  # paths intact
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -78,23 +102,18 @@ def study(
     ] = None,
 ) -> None:
     """Run (or resume) a cross-validated study and print its results table."""
-    from posturescreen.study import RunFolderConflict, print_results, run_study
-
     sets = list(overrides or [])
     if data is not None:
         sets.append(f"data.manifest={data.resolve()}")
     if skip_bad_images:
         sets.append("data.skip_bad_images=true")
-    try:
-        cfg = load_config(config, sets)
-        run_dir = out or Path("runs") / cfg.name
-        metrics = run_study(cfg, run_dir, max_jobs=max_jobs)
-    except (*USER_ERRORS, RunFolderConflict) as e:
-        _fail(e)
+    cfg = load_config(config, sets)
+    run_dir = out or Path("runs") / cfg.name
+    metrics = run_study(cfg, run_dir, max_jobs=max_jobs)
     if metrics is None:
         console.print(f"stopped after {max_jobs} job(s); rerun the same command to continue")
         return
-    print_results(metrics, run_dir, console)
+    print_results(metrics, run_dir, console, cfg.metrics.ci_level)
 
 
 @app.command()
@@ -110,15 +129,12 @@ def validate(
     images: Annotated[bool, typer.Option(help="decode every photo (slower, thorough)")] = True,
 ) -> None:
     """Check a manifest and its photos; list every problem with its row."""
-    try:
-        data_cfg = load_config(config).data if config else DataConfig()
-        if subject_column:
-            data_cfg.subject_column = subject_column
-        if label_columns is not None:
-            data_cfg.label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
-        m = load_manifest(manifest, data_cfg, check_images=images)
-    except USER_ERRORS as e:
-        _fail(e)
+    data_cfg = load_config(config).data if config else DataConfig()
+    if subject_column:
+        data_cfg.subject_column = subject_column
+    if label_columns is not None:
+        data_cfg.label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
+    m = load_manifest(manifest, data_cfg, check_images=images)
     t = m.table
     console.print(
         f"[green]ok[/green]: {len(t)} photos of "
@@ -162,32 +178,24 @@ def synth(
     ] = False,
 ) -> None:
     """Generate the synthetic cohort: photos, region masks, manifest.csv, generator.json."""
-
-    from posturescreen.data.synthetic import PAPER_PHOTOS, balanced_cells, generate_cohort
-
-    if subjects < 8 or size < 64:
-        _fail(ValueError(f"need at least 8 subjects and 64 px (got {subjects}, {size})"))
-    n_photos = photos if photos is not None else round(subjects * PAPER_PHOTOS / 531)
-    try:
-        with progress_bar(err_console) as progress:
-            bar = progress.add_task("rendering photos", total=n_photos)
-            manifest = generate_cohort(
-                out,
-                subjects,
-                seed,
-                size,
-                n_photos,
-                noise=label_noise,
-                progress=lambda n: progress.advance(bar, n),
-                contrast=contrast,
-                cells=balanced_cells(subjects) if balanced else None,
-            )
-    except (ValueError, OSError) as e:
-        _fail(e)
+    n_photos = photos if photos is not None else paper_photo_count(subjects)
+    check_settings(subjects, size, n_photos, label_noise, contrast)
+    n_photos = photos if photos is not None else paper_photo_count(subjects)
+    with progress_bar(err_console) as progress:
+        bar = progress.add_task("rendering photos", total=n_photos)
+        manifest = generate_cohort(
+            out,
+            subjects,
+            seed,
+            size,
+            n_photos,
+            noise=label_noise,
+            progress=lambda n: progress.advance(bar, n),
+            contrast=contrast,
+            cells=balanced_cells(subjects) if balanced else None,
+        )
     console.print(f"wrote {n_photos} photos of {subjects} workers: {manifest}")
     if sheet is not None:
-        from posturescreen.data.synthetic import contact_sheet
-
         console.print(f"contact sheet: {contact_sheet(manifest, sheet)}")
 
 
@@ -201,17 +209,11 @@ def demo(
     ] = None,
 ) -> None:
     """Generate a small synthetic cohort and run a short study on it (CH, NSP, CH+NSP)."""
-    from posturescreen.demo import demo_cohort, demo_config
-    from posturescreen.study import RunFolderConflict, print_results, run_study
-
-    try:
-        manifest = demo_cohort(subjects, console=err_console)
-        cfg = demo_config(manifest, overrides)
-        metrics = run_study(cfg, out)
-    except (*USER_ERRORS, RunFolderConflict) as e:
-        _fail(e)
+    manifest = demo_cohort(subjects, console=err_console)
+    cfg = demo_config(manifest, overrides)
+    metrics = run_study(cfg, out)
     assert metrics is not None
-    print_results(metrics, out, console)
+    print_results(metrics, out, console, cfg.metrics.ci_level)
 
 
 @app.command()
@@ -225,32 +227,19 @@ def explain(
 ) -> None:
     """Class activation maps of every photo from the fold model that did not train on it,
     mean maps per outcome, galleries and the CAM share per body region."""
-    from posturescreen.explain import explain_run
-    from posturescreen.study import RunFolderConflict
-
-    try:
-        summary = explain_run(run_dir, task, model, method, overlays, err_console)
-    except (*USER_ERRORS, RunFolderConflict, ValueError) as e:
-        _fail(e)
-    import numpy as np
-    from rich.table import Table
-
-    if summary.empty:
+    summary = explain_run(run_dir, task, model, method, overlays, err_console)
+    table = enrichment_table(summary)
+    if table.empty:
         console.print("no region masks or landmarks: CAMs and mean maps written, no region "
                       "shares")
     else:
         t = Table(title="CAM share (enrichment) per region, all photos", title_justify="left")
-        regions = [r for r in dict.fromkeys(summary["region"]) if r != "background"]
-        for col in ("task", "model", *regions):
-            t.add_column(col)
-        for (tk, md), g in summary[summary["outcome"] == "all"].groupby(["task", "model"],
-                                                                        sort=False):
-            g = g.set_index("region")
-            t.add_row(tk, md, *[
-                "n/a (no area)" if np.isnan(g.at[r, "enrichment"])
-                else f"{g.at[r, 'share']:.2f} ({g.at[r, 'enrichment']:.1f}x)" for r in regions])
+        for col in table.columns:
+            t.add_column(str(col))
+        for row in table.itertuples(index=False):
+            t.add_row(*map(str, row))
         console.print(t)
-    console.print(f"CAMs: {(run_dir / 'cams').resolve()}")
+    console.print(f"CAMs: {cam_dir(run_dir).resolve()}")
 
 
 @app.command()
@@ -261,13 +250,7 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="bundle folder, or a path ending .zip")],
 ) -> None:
     """Pack one task × model's fold models (safetensors) with metadata.json into a bundle."""
-    from posturescreen.bundle import BundleError, export_bundle
-    from posturescreen.study import RunFolderConflict
-
-    try:
-        path = export_bundle(run_dir, task, model, out)
-    except (*USER_ERRORS, RunFolderConflict, BundleError, FileNotFoundError) as e:
-        _fail(e)
+    path = export_bundle(run_dir, task, model, out)
     console.print(f"bundle: {path.resolve()}")
 
 
@@ -282,29 +265,17 @@ def predict(
 ) -> None:
     """Probability per photo and task (mean of the fold models, with their range), the
     decision at the bundle's threshold, and a CAM overlay."""
-
-    from posturescreen.bundle import BundleError, load_bundle
-    from posturescreen.predict import collect_photos, predict_files
-
     if fmt not in ("csv", "json"):
-        _fail(ValueError(f"--format must be csv or json, got {fmt!r}"))
-    try:
-        bundles = [load_bundle(m) for m in model]
-    except (BundleError, *USER_ERRORS) as e:
-        _fail(e)
+        fail(f"--format must be csv or json, got {fmt!r}")
+    bundles = [load_bundle(m) for m in model]
     files = collect_photos(photos)
     if not files:
-        _fail(ValueError("no photos found in " + ", ".join(str(p) for p in photos)))
+        fail("no photos found in " + ", ".join(str(p) for p in photos))
     with progress_bar(err_console, disable=len(files) < 2) as progress:
         bar = progress.add_task("predicting", total=len(files))
         table = predict_files(files, bundles, out / "overlays" if cam else None, cam,
                               lambda n: progress.advance(bar, n))
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / f"predictions.{fmt}"
-    if fmt == "csv":
-        table.to_csv(target, index=False)
-    else:
-        target.write_text(table.to_json(orient="records", indent=2))
+    target = write_predictions(table, out, fmt)
     ok = table[table["error"] == ""] if "error" in table else table
     for r in ok.itertuples():
         console.print(f"{Path(r.photo).name}  {r.task}/{r.model}: p={r.probability:.3f} "
@@ -324,17 +295,11 @@ def serve(
 ) -> None:
     """A local web page (and JSON API, docs at /docs) to screen one photo at a time.
     Uploads stay in memory and are never written to disk."""
-    import uvicorn
-
-    from posturescreen.bundle import BundleError, load_bundle
-    from posturescreen.web.app import create_app
-
-    try:
-        bundles = [load_bundle(m) for m in model]
-    except (BundleError, *USER_ERRORS) as e:
-        _fail(e)
+    bundles = [load_bundle(m) for m in model]
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"[yellow]serving on {host}: reachable from other machines[/yellow]")
+    import uvicorn  # the server only when serving
+
     uvicorn.run(create_app(bundles, int(max_upload_mb * 2**20)), host=host, port=port,
                 log_level="info")
 
@@ -348,18 +313,10 @@ def report(
         help="MLflow tracking URI (default: a file store in RUN_DIR/mlruns)")] = None,
 ) -> None:
     """Write report.html (one self-contained file) and results.json for a finished study."""
-    from posturescreen.report import build_report
-    from posturescreen.study import RunFolderConflict
-
-    try:
-        path = build_report(run_dir)
-        console.print(f"report: {path.resolve()}")
-        if mlflow:
-            from posturescreen.report.tracking import log_to_mlflow
-
-            console.print(f"MLflow run: {log_to_mlflow(run_dir, mlflow_uri)}")
-    except (*USER_ERRORS, RunFolderConflict, FileNotFoundError, RuntimeError) as e:
-        _fail(e)
+    path = build_report(run_dir)
+    console.print(f"report: {path.resolve()}")
+    if mlflow:
+        console.print(f"MLflow run: {log_to_mlflow(run_dir, mlflow_uri)}")
 
 
 def main() -> None:

@@ -12,10 +12,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from posturescreen.errors import PostureScreenError
 
 
-class ConfigError(ValueError):
+class ConfigError(PostureScreenError, ValueError):
     """A config file or override that cannot be used; the message names the field."""
 
 
@@ -105,12 +114,32 @@ class ThresholdConfig(_Strict):
     value: float = Field(0.5, gt=0, lt=1, description="the threshold when rule is fixed")
 
 
+# CAM method name -> pytorch-grad-cam class: the one table config and explain share
+CAM_METHODS = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+}
+
+
+def check_cam_method(name: str) -> str:
+    if name not in CAM_METHODS:
+        raise ConfigError(f"unknown CAM method {name!r}; choose from {', '.join(CAM_METHODS)}")
+    return name
+
+
 class CamConfig(_Strict):
     run: bool = Field(False, description="compute CAMs and region shares when the study ends")
-    method: Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"] = (
-        "gradcam"
-    )
+    method: str = Field("gradcam", description="one of " + ", ".join(CAM_METHODS))
     overlays: bool = Field(True, description="write an overlay PNG per photo")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        return check_cam_method(v)
 
 
 class MetricsConfig(_Strict):

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from posturescreen.config import StudyConfig, load_config
-from posturescreen.data.synthetic import PAPER_PHOTOS, generate_cohort
+from posturescreen.data.synthetic import generate_cohort, paper_photo_count
 from posturescreen.progress import progress_bar
 
 DEMO_SUBJECTS = 160
@@ -43,7 +43,7 @@ def demo_cohort(
     manifest = folder / "manifest.csv"
     if manifest.exists():
         return manifest
-    n_photos = round(subjects * PAPER_PHOTOS / 531)
+    n_photos = paper_photo_count(subjects)
     tmp = folder.with_name(folder.name + ".partial")
     with progress_bar(console or Console(stderr=True)) as progress:
         bar = progress.add_task(f"generating {n_photos} synthetic photos", total=n_photos)

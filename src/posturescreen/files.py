@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from posturescreen.errors import PostureScreenError
 
-class OutputError(OSError):
+
+class OutputError(PostureScreenError, OSError):
     """The run folder cannot be written (permissions, full disk, ...)."""
 
     def __init__(self, errno_: int | None, message: str):

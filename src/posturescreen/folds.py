@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from posturescreen.errors import PostureScreenError
 
-class FoldError(ValueError):
+
+class FoldError(PostureScreenError, ValueError):
     """Folds cannot be built as asked (too few subjects, one class, no site column)."""
 
 

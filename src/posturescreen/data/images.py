@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from posturescreen.errors import PostureScreenError
+
 # Keep Pillow's decompression-bomb guard, and make its warning tier an error too.
 if Image.MAX_IMAGE_PIXELS is None:  # someone disabled it globally; restore the default
     Image.MAX_IMAGE_PIXELS = 89_478_485
@@ -29,7 +31,7 @@ _RESAMPLE = {
 }
 
 
-class ImageReadError(ValueError):
+class ImageReadError(PostureScreenError, ValueError):
     """A photo that cannot be used; the message names the file and the reason."""
 
 

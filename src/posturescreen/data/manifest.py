@@ -5,6 +5,7 @@ Rows are numbered as in a spreadsheet: the header is row 1, the first photo row 
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pandas as pd
 
 from posturescreen.config import DataConfig
 from posturescreen.data.images import ImageReadError, read_image_file
+from posturescreen.errors import PostureScreenError
 
 _TRUE_VALUES = {"1", "1.0"}
 _FALSE_VALUES = {"0", "0.0"}
@@ -32,7 +34,7 @@ class Problem:
         return (", ".join(where) + ": " if where else "") + self.message
 
 
-class ManifestError(ValueError):
+class ManifestError(PostureScreenError, ValueError):
     """The manifest cannot be used; carries every problem found."""
 
     def __init__(self, path: Path, problems: list[Problem]):
@@ -77,8 +79,6 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame | None, list[Problem]]:
         ]
     if not text.strip():
         return None, [Problem("empty manifest (no header, no rows)")]
-    import io
-
     try:
         table = pd.read_csv(
             io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from posturescreen import runfolder as rf
+from posturescreen.errors import MissingExtraError
+
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
@@ -32,12 +35,9 @@ def log_to_mlflow(run_dir: Path, tracking_uri: str | None = None) -> str:
     try:
         import mlflow
     except ImportError as e:
-        raise RuntimeError("MLflow is not installed: pip install 'posturescreen[mlflow]' "
-                           "(or mlflow-skinny)") from e
-    from posturescreen.study import load_run
-
+        raise MissingExtraError("logging to MLflow", "mlflow", "mlflow-skinny") from e
     run_dir = Path(run_dir)
-    cfg, _ = load_run(run_dir)
+    cfg, _ = rf.load_run(run_dir)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (
         (run_dir / "mlruns").resolve().as_uri())
     if uri.startswith("file:"):
@@ -46,7 +46,7 @@ def log_to_mlflow(run_dir: Path, tracking_uri: str | None = None) -> str:
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("posturescreen")
-    metrics = pd.read_csv(run_dir / "metrics.csv")
+    metrics = pd.read_csv(run_dir / rf.METRICS)
     with mlflow.start_run(run_name=cfg.name) as run:
         mlflow.log_params(_flatten(cfg.model_dump(mode="json")))
         values = {}
@@ -57,7 +57,7 @@ def log_to_mlflow(run_dir: Path, tracking_uri: str | None = None) -> str:
                 if pd.notna(v):
                     values[base + suffix] = float(v)
         mlflow.log_metrics(values)
-        for name in ("report.html", "results.json", "metrics.csv", "metrics.md"):
+        for name in (rf.REPORT_HTML, rf.RESULTS_JSON, rf.METRICS, rf.METRICS_MD):
             if (run_dir / name).exists():
                 mlflow.log_artifact(str(run_dir / name))
         return run.info.run_id

@@ -25,12 +25,8 @@ from pydantic import BaseModel
 from posturescreen import __version__
 from posturescreen.bundle import Bundle
 from posturescreen.data.images import ImageReadError, decode_image
-from posturescreen.predict import (
-    PredictionResult,
-    decode_for_bundles,
-    decode_size,
-    predict_image,
-)
+from posturescreen.metrics import format_estimate
+from posturescreen.predict import PredictionResult, decode_for_bundles, predict_image
 
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
 
@@ -67,9 +63,10 @@ def _png_data_url(rgb) -> str:
 
 
 def _auc_text(bundle: Bundle) -> str | None:
-    for m in bundle.metadata.get("metrics", []):
+    for m in bundle.metadata.metrics:
         if m.get("metric") == "AUC" and m.get("ci_kind") == "bootstrap":
-            return f"{m['estimate']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})"
+            return format_estimate(*(float("nan") if m.get(k) is None else float(m[k])
+                                     for k in ("estimate", "ci_low", "ci_high")))
     return None
 
 
@@ -87,9 +84,9 @@ def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20) -> Fas
 
     @app.get("/api/models", response_model=list[ModelInfo])
     def models() -> list[ModelInfo]:
-        return [ModelInfo(task=b.metadata["task"], model=b.metadata["model"],
-                          threshold=b.threshold, threshold_how=b.metadata["threshold"]["how"],
-                          folds=len(b.models), intended_use=b.metadata["intended_use"],
+        return [ModelInfo(task=b.metadata.task, model=b.metadata.model,
+                          threshold=b.threshold, threshold_how=b.metadata.threshold.how,
+                          folds=len(b.models), intended_use=b.metadata.intended_use,
                           auc=_auc_text(b)) for b in bundles]
 
     @app.post("/api/predict", response_model=PredictResponse,
@@ -131,7 +128,7 @@ def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20) -> Fas
             decoded = decode_for_bundles(bundles, lambda size: decode_image(data, "upload", size))
         except ImageReadError as e:
             raise HTTPException(422, str(e)) from e
-        preds = [predict_image(b, decoded[decode_size(b)][0]) for b in bundles]
+        preds = [predict_image(b, decoded[b.decode_size][0]) for b in bundles]
         full_size = next(iter(decoded.values()))[1]
         return PredictResponse(
             width=full_size[0], height=full_size[1], caution=CAUTION,

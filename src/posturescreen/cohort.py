@@ -1,0 +1,162 @@
+"""Preparing a study's cohort, once: validate the manifest, decode every photo once, check the
+run folder, build task labels and subject-grouped folds, and record config and cohort.
+
+Nothing is written into the run folder before the config/data check has passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from posturescreen import runfolder as rf
+from posturescreen.config import StudyConfig
+from posturescreen.data.images import ImageCache, build_image_cache
+from posturescreen.data.manifest import Manifest, ManifestError, Problem, load_manifest
+from posturescreen.files import atomic_write_csv, atomic_write_text, ensure_writable_dir
+from posturescreen.folds import outer_folds
+from posturescreen.models import Preprocessing, decode_sizes, preprocessing_for
+from posturescreen.progress import progress_bar
+from posturescreen.runfolder import Job
+from posturescreen.tasks import all_task_labels, class_counts
+
+
+@dataclass
+class StudyContext:
+    """Everything a job needs, prepared once per study."""
+
+    cfg: StudyConfig
+    run_dir: Path
+    cohort: pd.DataFrame  # validated manifest rows kept, + label_<task>, fold_<task>
+    cache: ImageCache
+    preprocessing: dict[str, Preprocessing]
+
+    def jobs(self) -> list[Job]:
+        out = []
+        for task in self.cfg.tasks:
+            n_folds = int(self.cohort[f"fold_{task.name}"].max()) + 1
+            for model in self.cfg.models:
+                out += [Job(task.name, model.name, k) for k in range(n_folds)]
+        return out
+
+
+def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = None) -> StudyContext:
+    """Validate data, decode photos once, build labels and folds, write config and cohort."""
+    console = console or Console(stderr=True)
+    if cfg.data.manifest is None:
+        raise ManifestError(
+            Path("<none>"),
+            [Problem("no manifest given: pass --data MANIFEST or set data.manifest")],
+        )
+    run_dir = Path(run_dir)
+    rf.check_run_folder(run_dir, cfg, None)
+    ensure_writable_dir(run_dir)
+
+    manifest = load_manifest(cfg.data.manifest, cfg.data, allow_bad_images=True)
+    preprocessing = {m.name: preprocessing_for(m.name, m.image_size) for m in cfg.models}
+    sizes = decode_sizes(cfg.models)
+    paths = [Path(p) for p in manifest.table["image_path"]]
+    with progress_bar(console, elapsed=True) as progress:
+        bar = progress.add_task(
+            f"decoding {len(paths)} photos at {sorted(sizes)} px", total=len(paths)
+        )
+        cache = build_image_cache(paths, sizes, lambda n: progress.advance(bar, n))
+
+    h = hashlib.sha256(Path(cfg.data.manifest).read_bytes())
+    h.update(cache.data_hash().encode())
+    data_hash = h.hexdigest()[:16]
+    rf.check_run_folder(run_dir, cfg, data_hash)
+    # only now may the run folder change: a refused run never touches a finished one
+    table = _drop_bad_images(manifest, cache, cfg, run_dir, console)
+
+    cohort = _build_cohort(table, cfg)
+    if not (run_dir / rf.CONFIG).exists():  # a resumed run keeps its original record
+        atomic_write_text(
+            run_dir / rf.CONFIG,
+            yaml.safe_dump(rf.config_record(cfg, data_hash), sort_keys=False),
+        )
+    atomic_write_csv(run_dir / rf.COHORT, cohort.drop(columns=["image_path"]))
+    counts = class_counts(
+        cohort,
+        {t.name: cohort[f"label_{t.name}"].dropna().astype(int) for t in cfg.tasks},
+        cfg.data.subject_column,
+    )
+    atomic_write_csv(run_dir / rf.CLASS_COUNTS, counts)
+    _print_counts(counts, console)
+    return StudyContext(cfg, run_dir, cohort, cache, preprocessing)
+
+
+def _print_counts(counts: pd.DataFrame, console: Console) -> None:
+    t = Table(title="cohort per task", title_justify="left")
+    for col in ("task", "positives (subjects / photos)", "negatives (subjects / photos)"):
+        t.add_column(col)
+    for task, g in counts.groupby("task", sort=False):
+        by = g.set_index("class")
+        t.add_row(task, *[f"{by.at[c, 'subjects']} / {by.at[c, 'photos']}"
+                          for c in ("positive", "negative")])
+    console.print(t)
+
+
+def _drop_bad_images(
+    manifest: Manifest, cache: ImageCache, cfg: StudyConfig, run_dir: Path, console: Console
+) -> pd.DataFrame:
+    table = manifest.table
+    bad = {**manifest.bad_images, **cache.errors}
+    if not bad:
+        return table
+    problems = [
+        Problem(msg, int(table.at[i, "row"]), cfg.data.image_column)
+        for i, msg in sorted(bad.items())
+    ]
+    if not cfg.data.skip_bad_images:
+        raise ManifestError(
+            Path(cfg.data.manifest),
+            problems
+            + [
+                Problem(
+                    "the study stops before training on unreadable photos; fix or remove them, or "
+                    "rerun with --skip-bad-images to train without them"
+                )
+            ],
+        )
+    skipped = pd.DataFrame(
+        {
+            "row": [p.row for p in problems],
+            "image": [table.at[i, cfg.data.image_column] for i in sorted(bad)],
+            "problem": [p.message for p in problems],
+        }
+    )
+    atomic_write_csv(run_dir / rf.SKIPPED_IMAGES, skipped)
+    console.print(
+        f"[yellow]skipping {len(bad)} unreadable photo(s); listed in "
+        f"{run_dir / rf.SKIPPED_IMAGES}[/yellow]"
+    )
+    return table.drop(index=sorted(bad))
+
+
+def _build_cohort(table: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
+    cohort = table.copy()
+    labels = all_task_labels(cohort, cfg)
+    subjects = cohort[cfg.data.subject_column].astype(str)
+    site_col = cfg.data.site_column
+    sites = cohort[site_col].astype(str) if site_col and site_col in cohort else None
+    for task in cfg.tasks:
+        y = labels[task.name]
+        cohort[f"label_{task.name}"] = pd.Series(y, dtype="Int64")
+        fold = outer_folds(
+            y.to_numpy(),
+            subjects[y.index].to_numpy(),
+            cfg.cv.folds,
+            cfg.seed,
+            cfg.cv.scheme,
+            sites[y.index].to_numpy() if sites is not None else None,
+            f"task {task.name!r}",
+        )
+        cohort[f"fold_{task.name}"] = pd.Series(fold, index=y.index, dtype="Int64")
+    return cohort

@@ -1,0 +1,173 @@
+"""CAMs for a whole run: every photo explained by the fold model that did not train on it,
+mean maps per outcome in a common body frame, galleries, and region shares (cams/)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from rich.console import Console
+from safetensors.torch import load_file
+
+from posturescreen import runfolder as rf
+from posturescreen.config import ModelConfig, check_cam_method
+from posturescreen.data.images import ImageCache, build_image_cache, letterbox_labels
+from posturescreen.data.manifest import resolve_image_path
+from posturescreen.explain.cams import compute_cams, overlay
+from posturescreen.explain.pictures import TopK, gallery, heatmap_png
+from posturescreen.explain.regions import (
+    align_to_body,
+    region_shares,
+    regions_from_landmarks,
+    summarize_shares,
+)
+from posturescreen.files import atomic_write_csv
+from posturescreen.landmarks import frame_points, landmark_names
+from posturescreen.models import build_model, decode_sizes, preprocessing_for, target_layer
+from posturescreen.progress import progress_bar
+from posturescreen.runfolder import Job
+
+OUTCOMES = ("TP", "TN", "FP", "FN")
+SHARE_COLUMNS = ["task", "model", "fold", "row", "image", "prob", "outcome", "region",
+                 "share", "area_share", "enrichment"]
+MEAN_FRAME = 128  # pixels of the common body frame of the mean maps
+
+
+def outcome(label: int, pred: int) -> str:
+    return {(1, 1): "TP", (0, 0): "TN", (0, 1): "FP", (1, 0): "FN"}[(int(label), int(pred))]
+
+
+@dataclass
+class _RunImages:
+    """The run's cohort, its photos decoded exactly as the study decoded them (once, on
+    first use), and where each manifest row sits in the cache."""
+
+    cohort: pd.DataFrame
+    manifest_dir: Path
+    sizes: dict[int, str]
+    paths: list[Path]
+    cache: ImageCache | None = None
+    position: dict[int, int] = field(default_factory=dict)
+
+    def arrays(self, size: int) -> np.ndarray:
+        if self.cache is None:
+            self.cache = build_image_cache(self.paths, self.sizes)
+        return self.cache.arrays[size]
+
+    def regions(self, i: int, points: dict[str, np.ndarray], size: int) -> np.ndarray | None:
+        row = self.cohort.iloc[i]
+        mask = row.get("mask")
+        if isinstance(mask, str) and mask:
+            return letterbox_labels(Image.open(resolve_image_path(self.manifest_dir, mask)), size)
+        return regions_from_landmarks(points, size)
+
+
+@dataclass
+class _Accumulator:
+    """Mean maps, share rows and the most confident cases of one task × model."""
+
+    sums: dict[str, np.ndarray] = field(
+        default_factory=lambda: {o: np.zeros((MEAN_FRAME, MEAN_FRAME)) for o in OUTCOMES})
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    top: dict[str, TopK] = field(default_factory=lambda: {o: TopK(2) for o in OUTCOMES})
+    shares: list[pd.DataFrame] = field(default_factory=list)
+
+
+def explain_run(
+    run_dir: Path, tasks: Sequence[str] | None = None, models: Sequence[str] | None = None,
+    method: str = "gradcam", write_overlays: bool = True, console: Console | None = None,
+) -> pd.DataFrame:
+    """CAMs for every photo from the fold model that did not train on it; writes cams/ and
+    returns the region summary (task, model, outcome, region, share, enrichment, n)."""
+    console = console or Console(stderr=True)
+    run_dir = Path(run_dir)
+    check_cam_method(method)
+    cfg, cohort = rf.load_run(run_dir)
+    manifest_dir = Path(cfg.data.manifest).parent
+    images = _RunImages(
+        cohort, manifest_dir, decode_sizes(cfg.models),
+        [resolve_image_path(manifest_dir, v) for v in cohort[cfg.data.image_column]],
+        position={int(r): i for i, r in enumerate(cohort["row"])})
+    frames = []
+    for task in cfg.tasks:
+        if tasks and task.name not in tasks:
+            continue
+        for mcfg in cfg.models:
+            if models and mcfg.name not in models:
+                continue
+            frames += _explain_model(run_dir, task.name, mcfg, images, method, write_overlays,
+                                     console)
+    shares = (pd.concat(frames, ignore_index=True) if frames
+              else pd.DataFrame(columns=SHARE_COLUMNS))
+    atomic_write_csv(rf.cam_dir(run_dir) / "region_shares.csv", shares)
+    summary = summarize_shares(shares)
+    atomic_write_csv(rf.cam_dir(run_dir) / "region_summary.csv", summary)
+    return summary
+
+
+def _explain_model(run_dir: Path, task: str, mcfg: ModelConfig, images: _RunImages,
+                   method: str, write_overlays: bool, console: Console) -> list[pd.DataFrame]:
+    prep = preprocessing_for(mcfg.name, mcfg.image_size)
+    out = rf.cam_dir(run_dir, task, mcfg.name)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    acc = _Accumulator()
+    folds = rf.fold_numbers(run_dir, task, mcfg.name)
+    with progress_bar(console) as progress:
+        bar = progress.add_task(f"CAMs {task} / {mcfg.name}", total=len(folds))
+        for k in folds:
+            job = Job(task, mcfg.name, k)
+            if not job.is_done(run_dir):
+                console.print(f"[yellow]skipping unfinished {job.directory(run_dir)}[/yellow]")
+                continue
+            _explain_fold(run_dir, job, mcfg, prep, images, method, out, write_overlays, acc)
+            progress.advance(bar)
+    for o in OUTCOMES:
+        if acc.counts[o]:
+            mean = acc.sums[o] / acc.counts[o]
+            np.save(out / f"mean_cam_{o}.npy", mean.astype(np.float32))
+            heatmap_png(mean, out / f"mean_cam_{o}.png")
+    # the most confident correct (TP, TN) and wrong (FP, FN) cases, two of each
+    tiles = [t for o in OUTCOMES for _, t in acc.top[o].items]
+    if tiles:
+        gallery(tiles).save(out / "gallery.png")
+    return acc.shares
+
+
+def _explain_fold(run_dir: Path, job: Job, mcfg: ModelConfig, prep, images: _RunImages,
+                  method: str, out: Path, write_overlays: bool, acc: _Accumulator) -> None:
+    job_dir = job.directory(run_dir)
+    preds = pd.read_csv(job_dir / rf.PREDICTIONS)
+    model, _ = build_model(mcfg.name, "none")
+    model.load_state_dict(load_file(str(job_dir / rf.CHECKPOINT)))
+    pos = np.array([images.position[int(r)] for r in preds["row"]])
+    size = prep.input_size
+    pixels = images.arrays(size)[pos]
+    cams = compute_cams(model, pixels, prep, target_layer(model, mcfg.name), method)
+    names = landmark_names(list(images.cohort.columns))
+    for j, p in enumerate(preds.itertuples(index=False)):
+        i = pos[j]
+        pts = frame_points(images.cohort.iloc[i], names, images.cache.original_sizes[i], size)
+        regions = images.regions(i, pts, size)
+        o = outcome(p.label, p.pred)
+        acc.sums[o] += align_to_body(cams[j], pts or None, MEAN_FRAME)
+        acc.counts[o] += 1
+        if regions is not None:
+            shares = region_shares(cams[j], regions)
+            for col, value in (("outcome", o), ("prob", p.prob), ("image", p.image),
+                               ("row", int(p.row)), ("fold", job.fold), ("model", job.model),
+                               ("task", job.task)):
+                shares.insert(0, col, value)
+            acc.shares.append(shares)
+
+        def make(j=j):
+            return overlay(pixels[j], cams[j])
+
+        if write_overlays:
+            Image.fromarray(make()).save(out / "overlays" / f"row{int(p.row)}.png")
+        caption = f"{o} p={p.prob:.2f} row {int(p.row)}"
+        acc.top[o].offer(abs(float(p.prob) - 0.5),
+                         lambda make=make, caption=caption: (make(), caption))

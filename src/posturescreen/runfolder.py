@@ -1,0 +1,216 @@
+"""The run folder: the contract every stage shares. This module is the README's run-folder
+listing as code — every file name, the job directories, loading, and the check that a
+folder belongs to this config and these data. It imports no stage; every stage imports it.
+
+```
+runs/<name>/
+  config.yaml            resolved config + versions, config fingerprint, data hash
+  cohort.csv             validated manifest + label_<task>, fold_<task> per photo
+  class_counts.csv       subjects and photos per class per task
+  skipped_images.csv     unreadable photos left out (only with --skip-bad-images)
+  <task>/<model>/fold<k>/
+      checkpoint.safetensors, train_log.csv, val_predictions.csv, fold.json,
+      predictions.csv    written last = job done
+  predictions.csv, metrics.csv, metrics_per_fold.csv, metrics.md
+  cams/                  after `explain`
+  report.html, results.json
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from pydantic import ValidationError
+
+from posturescreen import __version__
+from posturescreen.config import StudyConfig
+from posturescreen.errors import PostureScreenError
+
+CONFIG = "config.yaml"
+COHORT = "cohort.csv"
+CLASS_COUNTS = "class_counts.csv"
+SKIPPED_IMAGES = "skipped_images.csv"
+PREDICTIONS = "predictions.csv"  # run level (all jobs) and job level (its test fold)
+METRICS = "metrics.csv"
+METRICS_PER_FOLD = "metrics_per_fold.csv"
+METRICS_MD = "metrics.md"
+REPORT_HTML = "report.html"
+RESULTS_JSON = "results.json"
+CAMS = "cams"
+# per job
+CHECKPOINT = "checkpoint.safetensors"
+TRAIN_LOG = "train_log.csv"
+VAL_PREDICTIONS = "val_predictions.csv"
+FOLD_JSON = "fold.json"
+
+
+class RunFolderError(PostureScreenError):
+    """A folder that cannot be used as this study's run folder."""
+
+
+class RunFolderConflict(RunFolderError):
+    """The output folder holds a study made with another config or other data."""
+
+
+class NotARunFolder(RunFolderError):
+    """The folder is not (yet) a posturescreen run folder."""
+
+
+def safe_name(name: str) -> str:
+    """A task or model name as a folder name."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (task, model, outer fold) of the study grid."""
+
+    task: str
+    model: str
+    fold: int
+
+    def directory(self, run_dir: Path) -> Path:
+        return Path(run_dir) / safe_name(self.task) / safe_name(self.model) / f"fold{self.fold}"
+
+    def is_done(self, run_dir: Path) -> bool:
+        return (self.directory(run_dir) / PREDICTIONS).exists()
+
+    def seed(self, base: int) -> int:
+        digest = hashlib.sha256(f"{base}/{self.task}/{self.model}/{self.fold}".encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def __str__(self) -> str:
+        return f"{self.task} / {self.model} / fold {self.fold}"
+
+
+def model_dir(run_dir: Path, task: str, model: str) -> Path:
+    return Path(run_dir) / safe_name(task) / safe_name(model)
+
+
+def fold_numbers(run_dir: Path, task: str, model: str) -> list[int]:
+    """The outer folds that have a job directory for (task, model), in order."""
+    found = []
+    for p in model_dir(run_dir, task, model).glob("fold*"):
+        if p.is_dir() and p.name[4:].isdigit():
+            found.append(int(p.name[4:]))
+    return sorted(found)
+
+
+def cam_dir(run_dir: Path, task: str | None = None, model: str | None = None) -> Path:
+    d = Path(run_dir) / CAMS
+    if task is not None:
+        d = d / safe_name(task)
+    if model is not None:
+        d = d / safe_name(model)
+    return d
+
+
+def library_versions() -> dict[str, str]:
+    out = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "posturescreen": __version__,
+    }
+    for pkg in ("torch", "torchvision", "timm", "kornia", "numpy", "pandas", "scikit-learn",
+                "scipy", "pillow", "grad-cam"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def config_record(cfg: StudyConfig, data_hash: str) -> dict:
+    """What config.yaml holds: the resolved config under a header that identifies the run."""
+    return {
+        "posturescreen_run": {
+            "fingerprint": cfg.fingerprint(),
+            "data_hash": data_hash,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": library_versions(),
+        },
+        **cfg.model_dump(mode="json"),
+    }
+
+
+def read_record(run_dir: Path) -> dict:
+    """config.yaml as a mapping (the run header under `posturescreen_run`)."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise NotARunFolder(f"{run_dir} is not a posturescreen run folder (no {CONFIG})")
+    try:
+        record = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{path} is not a readable posturescreen config ({e})") from e
+    if not isinstance(record, dict):
+        raise RunFolderError(f"{path} is not a posturescreen config (not a mapping)")
+    return record
+
+
+def check_run_folder(run_dir: Path, cfg: StudyConfig, data_hash: str | None) -> None:
+    """Refuse a folder made with another config (or, given data_hash, other data)."""
+    if not (Path(run_dir) / CONFIG).exists():
+        return
+    try:
+        old = read_record(run_dir)
+    except RunFolderError as e:
+        raise RunFolderConflict(f"{e}; use another --out") from e
+    meta = old.get("posturescreen_run")
+    meta = meta if isinstance(meta, dict) else {}
+    if meta.get("fingerprint") != cfg.fingerprint():
+        new = cfg.model_dump(mode="json")
+        diffs = _diff_keys({k: v for k, v in old.items() if k != "posturescreen_run"}, new)
+        diffs = [d for d in diffs if d != "data.manifest"]
+        raise RunFolderConflict(
+            f"{run_dir} holds a study made with a different config (differs in: "
+            f"{', '.join(diffs[:8]) or 'unknown keys'}). Results are never mixed: choose "
+            "another --out, or delete that folder to start over."
+        )
+    if data_hash is not None and meta.get("data_hash") != data_hash:
+        raise RunFolderConflict(
+            f"{run_dir} holds a study made on different data (manifest or photos changed). "
+            "Results are never mixed: choose another --out, or delete that folder."
+        )
+
+
+def _diff_keys(a: object, b: object, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [prefix]
+
+
+def read_predictions(path: Path, subject_column: str) -> pd.DataFrame:
+    """A predictions CSV with subject ids kept as text (`001` stays `001`)."""
+    return pd.read_csv(path, dtype={"fold": int, subject_column: str, "image": str},
+                       keep_default_na=False, na_values=[""])
+
+
+def load_run(run_dir: Path) -> tuple[StudyConfig, pd.DataFrame]:
+    """The config and cohort of a finished (or partly finished) run folder."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    record.pop("posturescreen_run", None)
+    try:
+        cfg = StudyConfig.model_validate(record)
+    except ValidationError as e:
+        raise RunFolderError(f"{run_dir / CONFIG} is not a valid study config "
+                             f"({e.error_count()} problem(s), e.g. {e.errors()[0]['msg']})") from e
+    path = run_dir / COHORT
+    if not path.is_file():
+        raise NotARunFolder(f"{run_dir} has no {COHORT}: the study never got past its checks")
+    cohort = pd.read_csv(path, keep_default_na=False, na_values=[""],
+                         dtype={cfg.data.subject_column: str, cfg.data.image_column: str})
+    return cfg, cohort
