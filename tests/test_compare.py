@@ -138,3 +138,78 @@ def test_delong_auc_and_variance_match_proc():
     assert delong_test(y, markers["s100b"], markers["wfns"]).var1 == pytest.approx(
         0.00266868245717244, rel=1e-10
     )
+
+
+def test_clustered_delong_equals_delong_with_one_photo_per_worker():
+    y, markers = _asah()
+    plain = delong_test(y, markers["wfns"], markers["s100b"])
+    ids = np.array([f"worker{i:03d}" for i in range(len(y))])
+    clustered = delong_test(y, markers["wfns"], markers["s100b"], clusters=ids)
+    assert clustered.z == pytest.approx(plain.z, rel=1e-12)
+    assert clustered.var1 == pytest.approx(plain.var1, rel=1e-12)
+    assert clustered.se == pytest.approx(plain.se, rel=1e-12)
+
+
+def _multi_photo_case(rng, n_workers=400):
+    """Workers with 1-4 photos whose scores share a strong worker effect."""
+    photos = rng.integers(1, 5, n_workers)
+    worker = np.repeat(np.arange(n_workers), photos)
+    label = np.repeat(rng.integers(0, 2, n_workers), photos)
+    effect_a = np.repeat(rng.normal(0, 1, n_workers), photos)
+    effect_b = 0.6 * effect_a + np.repeat(rng.normal(0, 0.8, n_workers), photos)
+    s1 = 0.9 * label + effect_a + rng.normal(0, 0.5, len(worker))
+    s2 = 0.6 * label + effect_b + rng.normal(0, 0.5, len(worker))
+    return label, s1, s2, worker
+
+
+def test_clustered_delong_agrees_with_a_worker_bootstrap():
+    rng = np.random.default_rng(3)
+    y, s1, s2, worker = _multi_photo_case(rng)
+    clustered = delong_test(y, s1, s2, clusters=worker)
+    photo_level = delong_test(y, s1, s2)
+    members = [np.flatnonzero(worker == w) for w in np.unique(worker)]
+    diffs = []
+    for _ in range(3000):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        diffs.append(roc_auc_score(y[idx], s1[idx]) - roc_auc_score(y[idx], s2[idx]))
+    boot_se = np.std(diffs, ddof=1)
+    assert clustered.se == pytest.approx(boot_se, rel=0.10)
+    # treating a worker's photos as independent understates the uncertainty
+    assert photo_level.se < 0.85 * clustered.se
+
+
+def test_compare_models_clusters_and_one_family_across_tasks():
+    rng = np.random.default_rng(4)
+    y, s1, s2, worker = _multi_photo_case(rng, 150)
+    rows = [{"task": t, "model": m, "row": i, "subject": str(worker[i]), "label": y[i],
+             "prob": s[i]} for t in ("T1", "T2") for m, s in (("a", s1), ("b", s2))
+            for i in range(len(y))]
+    df = pd.DataFrame(rows)
+    clustered = compare_models(df, cluster_column="subject")
+    plain = compare_models(df)
+    assert (clustered["se"] > plain["se"]).all()
+    per_task = compare_models(df, cluster_column="subject")
+    study = compare_models(df, cluster_column="subject", family="study")
+    assert np.allclose(study["p_holm"],
+                       multipletests(study["p_value"], method="holm")[1])
+    assert (study["p_holm"] >= per_task["p_holm"] - 1e-12).all()
+
+
+def test_fold_stratified_delong_combines_folds_and_matches_a_bootstrap():
+    rng = np.random.default_rng(8)
+    y, s1, s2, worker = _multi_photo_case(rng, 400)
+    fold = worker % 4
+    s1 = s1 + 2.0 * (fold == 1)  # fold 1's model scores everything higher: pooling suffers
+    one = delong_test(y, s1, s2, clusters=worker, strata=np.zeros(len(y)))
+    assert one.z == pytest.approx(delong_test(y, s1, s2, clusters=worker).z, rel=1e-12)
+    r = delong_test(y, s1, s2, clusters=worker, strata=fold)
+    from posturescreen.metrics import binary_metrics
+    assert r.auc1 == pytest.approx(binary_metrics(y, s1, s1 > 0, strata=fold)["AUC"])
+    diffs = []
+    members = [np.flatnonzero(worker == w) for w in np.unique(worker)]
+    for _ in range(2000):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        a = binary_metrics(y[idx], s1[idx], s1[idx] > 0, strata=fold[idx])["AUC"]
+        b = binary_metrics(y[idx], s2[idx], s2[idx] > 0, strata=fold[idx])["AUC"]
+        diffs.append(a - b)
+    assert r.se == pytest.approx(np.std(diffs, ddof=1), rel=0.10)

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_defaults_are_the_papers_protocol():
     cfg = StudyConfig()
     assert [t.name for t in cfg.tasks] == ["CH", "NSP", "CH+NSP"]
-    assert [m.name for m in cfg.models] == ["vgg19", "resnet50", "efficientnet_b5"]
+    assert [m.name for m in cfg.cnn_models()] == ["vgg19", "resnet50", "efficientnet_b5"]
+    assert [m.kind for m in cfg.models if m.kind != "cnn"] == ["angles", "fusion"]
     assert cfg.cv.folds == 4 and cfg.negatives == "controls"
     assert cfg.negative_query(cfg.tasks[0]) == "ch == 0 and nsp == 0"
     assert (
@@ -48,7 +49,7 @@ def test_precedence_and_model_wide_override(tmp_path):
     p.write_text("train:\n  epochs: 7\n  lr: 0.001\ndata:\n  manifest: sub/m.csv\n")
     cfg = load_config(p, ["train.epochs=3", "models.pretrained=none"])
     assert cfg.train.epochs == 3 and cfg.train.lr == 0.001  # CLI > file > defaults
-    assert {m.pretrained for m in cfg.models} == {"none"}
+    assert {m.pretrained for m in cfg.cnn_models()} == {"none"}
     assert cfg.data.manifest == (tmp_path / "sub" / "m.csv").resolve()
 
 

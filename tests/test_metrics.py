@@ -1,6 +1,7 @@
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import (
     accuracy_score,
@@ -10,12 +11,14 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from posturescreen.bootstrap import METRICS, resample_weights, weighted_metrics
 from posturescreen.metrics import (
     auc_score,
     binary_metrics,
     bootstrap_ci,
     format_estimate,
     t_interval,
+    youden_threshold,
 )
 
 
@@ -120,3 +123,39 @@ def test_format_estimate():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert format_estimate(0.5, float("nan"), float("nan")) == "0.500"
+
+
+def test_youden_threshold_is_the_midpoint_of_the_optimal_interval():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.35, 0.3, 0.8, 0.9])
+    # J = 2/3 for any threshold in (0.35, 0.8] and in (0.2, 0.3]; midpoints 0.575 and 0.25;
+    # the tie goes to the one nearest 0.5
+    assert youden_threshold(y, p) == pytest.approx(0.575)
+    assert ((p >= youden_threshold(y, p)) == (p >= 0.8)).all()
+    # perfect separation: anywhere in (0.2, 0.7]; the midpoint favours neither class
+    assert youden_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.7, 0.9])) == \
+        pytest.approx(0.45)
+    with pytest.warns(UserWarning, match="one class"):
+        assert youden_threshold(np.ones(3), np.array([0.2, 0.5, 0.9])) == 0.5
+
+
+def test_vectorised_bootstrap_equals_a_loop_over_resamples():
+    rng = np.random.default_rng(2)
+    y, p, d, g = _cohort(60, rng)
+    W = resample_weights(g, 50, seed=9)
+    fast = weighted_metrics(y, p, d, W)
+    codes = pd.factorize(g)[0]
+    for b in range(50):
+        idx = np.repeat(np.arange(len(y)), W[b].astype(int))
+        slow = binary_metrics(y[idx], p[idx], d[idx])
+        assert fast[b] == pytest.approx([slow[m] for m in METRICS], nan_ok=True)
+    assert (W[:, codes == codes[0]] == W[:, [0]]).all()  # a worker's photos go together
+
+
+def test_fold_stratified_auc_counts_pairs_within_folds_only():
+    # two folds, each ranking perfectly, on different scales: pooled < 1, stratified = 1
+    y = np.array([0, 1, 0, 1])
+    p = np.array([0.6, 0.9, 0.1, 0.4])
+    fold = np.array([0, 0, 1, 1])
+    assert binary_metrics(y, p, p > 0.5)["AUC"] == pytest.approx(0.75)
+    assert binary_metrics(y, p, p > 0.5, strata=fold)["AUC"] == pytest.approx(1.0)

@@ -18,11 +18,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from posturescreen.bundle import BundleError, export_bundle, load_bundle
+from posturescreen.bundle import BundleError, load_bundle
 from posturescreen.cli import app as cli
 from posturescreen.config import load_config
 from posturescreen.data.images import read_image_file
 from posturescreen.data.synthetic import generate_cohort
+from posturescreen.export import export_bundle
 from posturescreen.pipeline import run_study
 from posturescreen.predict import predict_image
 from posturescreen.runfolder import load_run
@@ -69,19 +70,37 @@ def test_bundle_metadata_and_zip(study, tmp_path):
         load_bundle(tampered)
 
 
+def test_bundle_operating_point_is_its_own_rule_on_the_out_of_fold_photos(study, bundle):
+    root, _, _ = study
+    op = bundle.metadata.operating_point
+    preds = pd.read_csv(root / "run" / "predictions.csv")
+    g = preds[(preds.task == "CH") & (preds.model == "test_resnet")]
+    decide = g["prob"] >= op.threshold  # the rule the bundle states, on recalibrated probs
+    tp, fn = (decide & (g.label == 1)).sum(), (~decide & (g.label == 1)).sum()
+    tn, fp = (~decide & (g.label == 0)).sum(), (decide & (g.label == 0)).sum()
+    assert op.Sen == pytest.approx(tp / (tp + fn)) and op.Spe == pytest.approx(tn / (tn + fp))
+    assert op.n == len(g) and op.threshold == pytest.approx(bundle.threshold)
+    assert "recalibrated" in op.rule and "out-of-fold" in op.rule
+    # the same rule decides a new photo: mean of the recalibrated fold probabilities
+    fold_thresholds = [f.threshold for f in bundle.metadata.folds]
+    assert op.threshold == pytest.approx(sum(fold_thresholds) / len(fold_thresholds))
+
+
 def test_fold_models_reproduce_the_out_of_fold_predictions(study, bundle):
     root, manifest, _ = study
     cfg, _ = load_run(root / "run")
     preds = pd.read_csv(root / "run" / "predictions.csv")
-    for k, model in enumerate(bundle.models):
+    for k in range(len(bundle.models)):
         sub = preds[preds["fold"] == k].head(5)
-        single = type(bundle)(bundle.path, bundle.metadata, [model], bundle.preprocessing)
+        single = bundle.only_fold(k)
         for r in sub.itertuples():
-            img = read_image_file(manifest.parent / r.image, draft_size=bundle.decode_size)[0]
-            p = predict_image(single, img, with_cam=False).probability
+            img, full, _ = read_image_file(manifest.parent / r.image,
+                                           draft_size=bundle.decode_size)
+            # the person is found and cut out exactly as the study did
+            p = predict_image(single, img, full, with_cam=False).probability
             assert p == pytest.approx(r.prob, abs=1e-5)
             # the CAM's own forward pass gives the same probability
-            assert predict_image(single, img).probability == pytest.approx(p, abs=1e-5)
+            assert predict_image(single, img, full).probability == pytest.approx(p, abs=1e-5)
 
 
 def test_predict_cli_folder_csv_and_json(study, tmp_path):

@@ -12,7 +12,7 @@ from posturescreen.metrics import format_estimate
 from posturescreen.pipeline import run_study
 
 SECTIONS = ("header", "data", "methods", "results", "roc", "confusion", "calibration",
-            "comparisons", "cams", "limitations", "checklist")
+            "comparisons", "sensitivity", "posture", "cams", "limitations", "checklist")
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,18 @@ def test_report_numbers_come_from_the_run_folder(reported):
     assert results["subject_disjointness"] == {"CH": "passed", "NSP": "passed",
                                                "CH+NSP": "passed"}
     comps = pd.DataFrame(results["comparisons"])
-    assert len(comps) == 3 and comps["p_holm"].notna().all()  # one pair per task
+    # one pair per task, at each level
+    assert len(comps) == 6 and comps["p_holm"].notna().all()
+    assert sorted(comps["level"].value_counts().to_dict().items()) == [("photo", 3),
+                                                                       ("worker", 3)]
+    assert set(metrics["level"]) == {"photo", "worker"}
+    for level in ("photo", "worker"):  # every task × model × metric, both CI kinds
+        assert len(metrics[metrics.level == level]) == 3 * 2 * 7 * 2
     assert {c["task"] for c in results["confusion"]} == {"CH", "NSP", "CH+NSP"}
+    # the raw pooled AUC is shown beside the primary (recalibrated) one, with the fold range
+    pooling = pd.DataFrame(results["auc_pooling"])
+    assert set(pooling.columns) >= {"raw_pooled", "recalibrated_pooled", "fold_stratified",
+                                    "fold_min", "fold_max"}
 
 
 def test_report_in_headless_chromium(reported, chromium_browser, tmp_path):

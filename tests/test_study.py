@@ -54,7 +54,8 @@ def test_tiny_study_writes_every_artefact(finished_run):
             assert list(log.columns[:5]) == ["epoch", "train_loss", "val_loss", "val_auc", "lr"]
     assert set(metrics["ci_kind"]) == {"bootstrap", "fold_t"}
     assert set(metrics["metric"]) == {"AUC", "ACC", "Sen", "Spe", "PPV", "NPV", "F1"}
-    assert len(metrics) == 3 * 7 * 2
+    assert len(metrics) == 3 * 7 * 2 * 2  # tasks × metrics × CI kinds × levels
+    assert set(metrics["level"]) == {"photo", "worker"}
     boot = metrics[metrics["ci_kind"] == "bootstrap"].dropna()
     assert ((boot["ci_low"] <= boot["estimate"]) & (boot["estimate"] <= boot["ci_high"])).all()
     md = (run_dir / "metrics.md").read_text()
@@ -189,7 +190,27 @@ def test_paper_config_starts_offline_with_pretrained_none(tiny_manifest, tmp_pat
             "cv.folds=3",
         ],
     )
-    assert [m.name for m in cfg.models] == ["vgg19", "resnet50", "efficientnet_b5"]
+    assert [m.name for m in cfg.cnn_models()] == ["vgg19", "resnet50", "efficientnet_b5"]
+    assert all(m.image_size is None for m in cfg.models if m.kind != "cnn")
     assert run_study(cfg, tmp_path / "paper", max_jobs=1) is None
     (done,) = list((tmp_path / "paper").glob("*/*/fold*/predictions.csv"))
     assert done.parent.parent.name == "vgg19"
+
+
+def test_sensitivity_analysis_runs_in_its_own_folder_and_is_reported(tiny_manifest, tmp_path):
+    cfg = load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}",
+                             "tasks=[{name: CH, positive: 'ch == 1'}]",
+                             "sensitivity=[negatives=rest]"])
+    run_study(cfg, tmp_path / "run")
+    variant = tmp_path / "run" / "sensitivity" / "negatives_rest"
+    main_counts = pd.read_csv(tmp_path / "run" / "class_counts.csv")
+    rest_counts = pd.read_csv(variant / "class_counts.csv")
+    # everyone else is a negative in the variant: more negatives, the same positives
+    neg = lambda t: int(t.loc[t["class"] == "negative", "photos"].iloc[0])  # noqa: E731
+    assert neg(rest_counts) > neg(main_counts)
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "negatives=rest" in html and "→" in html
+    with pytest.raises(ConfigError, match="sensitivity analysis 'negatives=everyone'"):
+        load_config(None, ["sensitivity=[negatives=everyone]"])
+    # adding a sensitivity analysis later does not change the main study's fingerprint
+    assert cfg.fingerprint() == cfg.model_copy(update={"sensitivity": []}).fingerprint()

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 from kornia import augmentation as K
 
@@ -9,19 +8,7 @@ from posturescreen.training import (
     FoldData,
     build_augmentation,
     train_fold,
-    youden_threshold,
 )
-
-
-def test_youden_threshold_known_case():
-    y = np.array([0, 0, 0, 1, 1, 1])
-    p = np.array([0.1, 0.2, 0.35, 0.3, 0.8, 0.9])
-    # thresholds 0.8: J = 2/3; 0.3: J = 1 - 1/3 = 2/3; tie -> the one nearest 0.5 is 0.3
-    assert youden_threshold(y, p) == pytest.approx(0.3)
-    y2 = np.array([0, 0, 1, 1])
-    assert youden_threshold(y2, np.array([0.1, 0.2, 0.7, 0.9])) == pytest.approx(0.7)
-    with pytest.warns(UserWarning, match="one class"):
-        assert youden_threshold(np.ones(3), np.array([0.2, 0.5, 0.9])) == 0.5
 
 
 def test_side_view_augmentation_has_no_vertical_flip():

@@ -16,33 +16,28 @@ extracted, and every weights file must match its checksum and the architecture.
 from __future__ import annotations
 
 import json
-import shutil
+import math
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
 from posturescreen import __version__
-from posturescreen import runfolder as rf
+from posturescreen.anglemodel import AngleModel, FusionModel
+from posturescreen.angles import ANGLES
 from posturescreen.errors import PostureScreenError
-from posturescreen.files import atomic_write
-from posturescreen.models import (
-    Preprocessing,
-    UnknownModelError,
-    build_model,
-    decode_sizes,
-    sha256_file,
-)
+from posturescreen.models import Preprocessing, UnknownModelError, build_model, sha256_file
+from posturescreen.pose import POSE_DRAFT
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+READABLE_FORMATS = (1, 2)  # format 1: CNN bundles of earlier versions (no crop, no angles)
 METADATA = "metadata.json"
 MAX_ZIP_ENTRIES = 64
 MAX_ZIP_BYTES = 8 * 2**30  # uncompressed; the paper's largest grid (VGG19 × 4) is ~2.2 GB
@@ -82,12 +77,86 @@ class BundleThreshold(_Meta):
     how: str
 
 
+class AngleSpec(_Meta):
+    """An angle model's numbers (anglemodel.AngleModel), checked for consistent lengths."""
+
+    features: list[str] = Field(min_length=1, max_length=len(ANGLES))
+    medians: list[float]
+    means: list[float]
+    scales: list[float]
+    coef: list[float]
+    intercept: float
+    low: list[float]
+    high: list[float]
+    C: float = 1.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AngleSpec:
+        unknown = set(self.features) - set(ANGLES)
+        if unknown:
+            raise ValueError(f"unknown angles {sorted(unknown)}")
+        n = len(self.features)
+        if any(len(v) != n for v in (self.medians, self.means, self.scales, self.coef,
+                                     self.low, self.high)):
+            raise ValueError("every per-feature list must have one value per feature")
+        if not all(math.isfinite(v) for v in (*self.medians, *self.means, *self.scales,
+                                                *self.coef, self.intercept)):
+            raise ValueError("coefficients must be finite numbers")
+        if any(v <= 0 for v in self.scales):
+            raise ValueError("scales must be positive")
+        return self
+
+
+class FusionSpec(_Meta):
+    means: list[float] = Field(min_length=2, max_length=2)
+    scales: list[float] = Field(min_length=2, max_length=2)
+    coef: list[float] = Field(min_length=2, max_length=2)
+    intercept: float
+
+
+class FoldCalibration(_Meta):
+    """The fold's Platt recalibration: p = sigmoid(slope · logit(p_model) + intercept)."""
+
+    slope: float = Field(1.0, ge=0, le=1e3)
+    intercept: float = Field(0.0, ge=-1e3, le=1e3)
+
+
+class OperatingPoint(_Meta):
+    """The decision rule a bundle applies, and how it did on the study's out-of-fold
+    photos (each scored by the fold model that did not train on it)."""
+
+    rule: str
+    threshold: float = Field(ge=0.0, le=1.0)
+    level: Literal["photo"] = "photo"
+    n: int = Field(ge=0)
+    Sen: float | None = None
+    Spe: float | None = None
+    PPV: float | None = None
+    NPV: float | None = None
+    ACC: float | None = None
+
+
 class BundleFold(_Meta):
     fold: int = Field(ge=0)
-    file: str = Field(pattern=r"^[A-Za-z0-9_.-]+\.safetensors$", max_length=128)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    calibration: FoldCalibration = Field(default_factory=FoldCalibration)
+    # a CNN's weights (cnn and fusion bundles)
+    file: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+\.safetensors$", max_length=128)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # an angle model and the fusion (angles and fusion bundles)
+    angles: AngleSpec | None = None
+    fusion: FusionSpec | None = None
     threshold: float = Field(ge=0.0, le=1.0)
     best_epoch: int | None = None
+
+
+class BundlePose(_Meta):
+    """How the study found the person: the CNN's crop and where angles came from."""
+
+    crop: bool = False
+    crop_margin: float = Field(0.1, ge=0, le=1)
+    min_visibility: float = Field(0.5, ge=0, le=1)
+    landmark_source: Literal["estimator", "manifest", "none"] = "none"
+    decode_size: int | None = Field(None, ge=16, le=4096)  # the estimator's photo size
 
 
 class BundleStudy(_Meta):
@@ -102,106 +171,58 @@ class BundleStudy(_Meta):
 class BundleMetadata(_Meta):
     """metadata.json, validated on load (extra keys from newer writers are kept)."""
 
-    format: Literal[1]
+    format: Literal[1, 2]
     task: str = Field(min_length=1, max_length=200)
     model: str = Field(min_length=1, max_length=200)
+    kind: Literal["cnn", "angles", "fusion"] = "cnn"
+    cnn: str | None = Field(None, max_length=200, description="fusion: the CNN architecture")
+    pose: BundlePose = Field(default_factory=BundlePose)
     positive: str
     negative: str
     intended_use: str
     versions: dict[str, Any] = Field(default_factory=dict)
     study: BundleStudy
-    preprocessing: BundlePreprocessing
+    preprocessing: BundlePreprocessing | None = None  # the CNN's (cnn and fusion bundles)
     threshold: BundleThreshold
+    operating_point: OperatingPoint | None = None  # format 1 bundles have none
     training_cohort: list[dict[str, Any]] = Field(default_factory=list)
     metrics: list[dict[str, Any]] = Field(default_factory=list)
     folds: list[BundleFold] = Field(min_length=1, max_length=50)
 
+    @model_validator(mode="after")
+    def _parts_for_kind(self) -> BundleMetadata:
+        needs_cnn = self.kind in ("cnn", "fusion")
+        if needs_cnn and self.preprocessing is None:
+            raise ValueError(f"a {self.kind} bundle needs `preprocessing`")
+        if self.kind == "fusion" and not self.cnn:
+            raise ValueError("a fusion bundle needs `cnn`, its CNN's architecture")
+        for f in self.folds:
+            if needs_cnn and (f.file is None or f.sha256 is None):
+                raise ValueError(f"fold {f.fold}: a {self.kind} bundle needs a weights "
+                                 "`file` and its `sha256`")
+            if self.kind != "cnn" and f.angles is None:
+                raise ValueError(f"fold {f.fold}: an {self.kind} bundle needs `angles`")
+            if self.kind == "fusion" and f.fusion is None:
+                raise ValueError(f"fold {f.fold}: a fusion bundle needs `fusion`")
+        if self.kind != "cnn" and self.pose.landmark_source != "estimator":
+            raise ValueError("angles on a new photo come from the pose estimator: "
+                             "pose.landmark_source must be 'estimator'")
+        return self
 
-def export_bundle(run_dir: Path, task: str, model: str, out: Path) -> Path:
-    """Pack the fold models of (task, model) from a finished run; `out` ending in .zip
-    gives a zip file, anything else a folder. Never replaces an existing file or folder."""
-    run_dir, out = Path(run_dir), Path(out)
-    if out.exists():
-        raise BundleError(f"{out} already exists; choose another --out (a bundle never "
-                          "replaces a file)")
-    cfg, _ = rf.load_run(run_dir)
-    if task not in [t.name for t in cfg.tasks]:
-        raise BundleError(f"task {task!r} is not in {run_dir} (tasks: "
-                          f"{[t.name for t in cfg.tasks]})")
-    if next((m for m in cfg.models if m.name == model), None) is None:
-        raise BundleError(f"model {model!r} is not in {run_dir} (models: "
-                          f"{[m.name for m in cfg.models]})")
-    folds = []
-    for k in rf.fold_numbers(run_dir, task, model):
-        job = rf.Job(task, model, k)
-        if not job.is_done(run_dir):
-            raise BundleError(f"{job.directory(run_dir)}: fold {k} is unfinished; finish the "
-                              "study first")
-        folds.append((k, job.directory(run_dir),
-                      json.loads((job.directory(run_dir) / rf.FOLD_JSON).read_text())))
-    if not folds:
-        raise BundleError(f"{run_dir}: no finished folds for {task} / {model}")
-    if not (run_dir / rf.METRICS).exists():
-        raise BundleError(f"{run_dir}: no {rf.METRICS}; finish the study first")
-    metrics = pd.read_csv(run_dir / rf.METRICS)
-    metrics = metrics[(metrics["task"] == task) & (metrics["model"] == model)]
-    counts = pd.read_csv(run_dir / rf.CLASS_COUNTS)
-    counts = counts[counts["task"] == task]
-    run_meta = rf.read_record(run_dir).get("posturescreen_run", {})
-    task_cfg = next(t for t in cfg.tasks if t.name == task)
-    thresholds = [info["threshold"] for _, _, info in folds]
-    metadata = BundleMetadata(
-        format=BUNDLE_FORMAT, task=task, model=model,
-        positive=task_cfg.positive, negative=cfg.negative_query(task_cfg),
-        intended_use=INTENDED_USE,
-        versions={**rf.library_versions(), "trained_with": run_meta.get("versions", {})},
-        study=BundleStudy(name=cfg.name, fingerprint=cfg.fingerprint(),
-                          data_hash=run_meta.get("data_hash"), seed=cfg.seed,
-                          folds=len(folds), cv_scheme=cfg.cv.scheme),
-        preprocessing=BundlePreprocessing(
-            **folds[0][2]["preprocessing"],
-            # the study decoded JPEGs once at its largest input size; doing the same here
-            # gives the study's pixels exactly
-            decode_size=max(decode_sizes(cfg.models)),
-            channels_last=cfg.train.channels_last),
-        threshold=BundleThreshold(
-            value=float(sum(thresholds) / len(thresholds)), per_fold=thresholds,
-            rule=cfg.threshold.rule,
-            how=("mean of the fold models' thresholds, each chosen by Youden's J on its "
-                 "fold's inner validation split (never a test fold); the decision "
-                 "compares the mean fold probability with it")
-            if cfg.threshold.rule == "youden" else f"fixed at {cfg.threshold.value}"),
-        training_cohort=counts.drop(columns="task").to_dict(orient="records"),
-        metrics=metrics.drop(columns=["task", "model"]).to_dict(orient="records"),
-        folds=[BundleFold(fold=k, file=f"fold{k}.safetensors",
-                          sha256=sha256_file(job_dir / rf.CHECKPOINT),
-                          threshold=info["threshold"], best_epoch=info["best_epoch"])
-               for k, job_dir, info in folds])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # staged beside the target, then renamed into place: a bundle appears whole or not at all
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        stage = Path(tmp) / "bundle"
-        stage.mkdir()
-        for (_, job_dir, _), fold in zip(folds, metadata.folds, strict=True):
-            shutil.copyfile(job_dir / rf.CHECKPOINT, stage / fold.file)
-        (stage / METADATA).write_text(metadata.model_dump_json(indent=2))
-        if out.suffix == ".zip":
-            def write_zip(path: Path) -> None:
-                with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-                    for f in sorted(stage.iterdir()):
-                        z.write(f, f.name)
-            atomic_write(out, write_zip)
-        else:
-            stage.rename(out)
-    return out
+    @property
+    def architecture(self) -> str | None:
+        """The CNN architecture to build (None for an angle model)."""
+        return {"cnn": self.model, "fusion": self.cnn}.get(self.kind)
 
 
 @dataclass
 class Bundle:
     path: Path
     metadata: BundleMetadata
-    models: list[nn.Module]
-    preprocessing: Preprocessing
+    models: list[nn.Module]  # one CNN per fold (empty for an angle model)
+    preprocessing: Preprocessing | None
+    angle_models: list[AngleModel] = field(default_factory=list)  # one per fold
+    fusions: list[FusionModel] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -212,9 +233,37 @@ class Bundle:
         return float(self.metadata.threshold.value)
 
     @property
+    def kind(self) -> str:
+        return self.metadata.kind
+
+    @property
     def decode_size(self) -> int:
-        """The size the study decoded JPEGs at (its largest input size)."""
-        return int(self.metadata.preprocessing.decode_size or self.preprocessing.input_size)
+        """The size the study decoded JPEGs at (its largest input size, at least the pose
+        estimator's when it ran)."""
+        p = self.metadata.preprocessing
+        if p is not None:
+            return int(p.decode_size or p.input_size)
+        return int(self.metadata.pose.decode_size or POSE_DRAFT)
+
+    def only_fold(self, k: int) -> Bundle:
+        """The bundle cut to its k-th fold model: what scored that fold's test photos."""
+        meta = self.metadata.model_copy(update={"folds": [self.metadata.folds[k]]})
+        return Bundle(self.path, meta, self.models[k:k + 1], self.preprocessing,
+                      self.angle_models[k:k + 1], self.fusions[k:k + 1])
+
+    def calibrate(self, fold_probs: list[float]) -> list[float]:
+        """Each fold model's probability through that fold's recalibration."""
+        out = []
+        for p, f in zip(fold_probs, self.metadata.folds, strict=True):
+            c = f.calibration
+            q = min(max(float(p), 1e-7), 1 - 1e-7)
+            z = c.slope * math.log(q / (1 - q)) + c.intercept
+            out.append(1.0 / (1.0 + math.exp(-z)))
+        return out
+
+    @property
+    def needs_pose(self) -> bool:
+        return self.metadata.pose.crop or self.kind != "cnn"
 
 
 def read_metadata(path: Path, shown: Path) -> BundleMetadata:
@@ -229,10 +278,10 @@ def read_metadata(path: Path, shown: Path) -> BundleMetadata:
         raise BundleError(f"{shown}: {METADATA} is not valid JSON ({e})") from e
     if not isinstance(raw, dict):
         raise BundleError(f"{shown}: {METADATA} must be a JSON object")
-    if raw.get("format") != BUNDLE_FORMAT:
+    if raw.get("format") not in READABLE_FORMATS:
         raise BundleError(f"{shown}: bundle format {str(raw.get('format'))[:20]!r} is not "
-                          f"supported by posturescreen {__version__} (expects "
-                          f"{BUNDLE_FORMAT})")
+                          f"supported by posturescreen {__version__} (reads "
+                          f"{', '.join(map(str, READABLE_FORMATS))}); re-export it")
     try:
         return BundleMetadata.model_validate(raw)
     except ValidationError as e:
@@ -274,7 +323,7 @@ def _extract_zip(path: Path, dest: Path) -> None:
 
 def _load_fold_model(folder: Path, fold: BundleFold, meta: BundleMetadata, shown: Path,
                      device: torch.device) -> nn.Module:
-    f = folder / fold.file
+    f = folder / str(fold.file)
     if not f.is_file() or f.is_symlink():
         raise BundleError(f"{shown}: {fold.file} is missing")
     if sha256_file(f) != fold.sha256:
@@ -285,16 +334,17 @@ def _load_fold_model(folder: Path, fold: BundleFold, meta: BundleMetadata, shown
         raise BundleError(f"{shown}: {fold.file} is not a readable safetensors file "
                           f"({e})") from e
     try:
-        model, _ = build_model(meta.model, "none")
+        model, _ = build_model(meta.architecture, "none")
     except UnknownModelError as e:
         raise BundleError(f"{shown}: {e}") from e
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise BundleError(f"{shown}: {fold.file} does not fit architecture {meta.model!r} "
+        raise BundleError(f"{shown}: {fold.file} does not fit architecture "
+                          f"{meta.architecture!r} "
                           f"({str(e).splitlines()[0]})") from e
     model.to(device).eval()
-    if meta.preprocessing.channels_last:
+    if meta.preprocessing is not None and meta.preprocessing.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
 
@@ -317,8 +367,13 @@ def load_bundle(path: Path, device: torch.device | None = None) -> Bundle:
             raise BundleError(f"{path}: not a posturescreen bundle (no {METADATA})")
         metadata = read_metadata(meta_path, path)
         models = [_load_fold_model(folder, fold, metadata, path, device)
-                  for fold in metadata.folds]
+                  for fold in metadata.folds] if metadata.architecture else []
     p = metadata.preprocessing
-    prep = Preprocessing(p.input_size, tuple(p.mean), tuple(p.std), p.interpolation)
-    return Bundle(path, metadata, models, prep)
+    prep = (Preprocessing(p.input_size, tuple(p.mean), tuple(p.std), p.interpolation)
+            if p is not None else None)
+    angle_models = [AngleModel.from_dict(f.angles.model_dump()) for f in metadata.folds
+                    if f.angles is not None]
+    fusions = [FusionModel.from_dict(f.fusion.model_dump()) for f in metadata.folds
+               if f.fusion is not None]
+    return Bundle(path, metadata, models, prep, angle_models, fusions)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from posturescreen.bundle import export_bundle, load_bundle
+from posturescreen.agreement import bland_altman_figure, bland_altman_pairs, measure_agreement
+from posturescreen.bundle import load_bundle
 from posturescreen.config import DataConfig, load_config
 from posturescreen.data.manifest import load_manifest
 from posturescreen.data.synthetic import (
@@ -26,6 +28,8 @@ from posturescreen.data.synthetic import (
 from posturescreen.demo import demo_cohort, demo_config
 from posturescreen.errors import PostureScreenError
 from posturescreen.explain import enrichment_table, explain_run
+from posturescreen.export import export_bundle
+from posturescreen.files import atomic_write, atomic_write_csv
 from posturescreen.pipeline import run_study
 from posturescreen.predict import collect_photos, predict_files, write_predictions
 from posturescreen.progress import progress_bar
@@ -94,6 +98,11 @@ def study(
             "--skip-bad-images", help="train without unreadable photos instead of stopping"
         ),
     ] = False,
+    sensitivity: Annotated[
+        list[str] | None,
+        typer.Option("--sensitivity", help="also run the study with this override (e.g. "
+                     "negatives=rest) as a sensitivity analysis, reported beside it"),
+    ] = None,
     max_jobs: Annotated[
         int | None,
         typer.Option(
@@ -107,13 +116,15 @@ def study(
         sets.append(f"data.manifest={data.resolve()}")
     if skip_bad_images:
         sets.append("data.skip_bad_images=true")
+    if sensitivity:
+        sets.append("sensitivity=" + json.dumps(list(sensitivity)))
     cfg = load_config(config, sets)
     run_dir = out or Path("runs") / cfg.name
     metrics = run_study(cfg, run_dir, max_jobs=max_jobs)
     if metrics is None:
         console.print(f"stopped after {max_jobs} job(s); rerun the same command to continue")
         return
-    print_results(metrics, run_dir, console, cfg.metrics.ci_level)
+    print_results(metrics, run_dir, console, cfg.metrics.ci_level, cfg.metrics.primary_level)
 
 
 @app.command()
@@ -145,6 +156,46 @@ def validate(
             f"  {col}=1: {int(t[col].sum())} photos, "
             f"{t.loc[t[col] == 1, data_cfg.subject_column].nunique()} subjects"
         )
+
+
+@app.command()
+def agreement(
+    manifest: Annotated[Path, typer.Argument(help="manifest CSV with landmark columns")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="study YAML (for column names)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="folder for agreement.csv, the per-photo angles and a Bland–Altman plot")
+    ] = None,
+    min_visibility: Annotated[float, typer.Option(
+        help="estimator points less visible than this are not used")] = 0.5,
+) -> None:
+    """How well the pose estimator's angles agree with hand-placed landmarks: bias, MAE,
+    Bland–Altman limits and ICC(2,1) per angle."""
+    data_cfg = load_config(config).data if config else DataConfig(label_columns=[])
+    with progress_bar(err_console) as progress:
+        bar = progress.add_task("finding poses", total=None)
+        table, hand, est = measure_agreement(manifest, data_cfg, min_visibility,
+                                             lambda n: progress.advance(bar, n))
+    if table.empty:
+        fail(f"{manifest}: no angle could be measured both from landmark columns (<name>_x, "
+             "<name>_y for ear, c7 or shoulder, hip, ...) and by the estimator")
+    t = Table(title="estimator vs hand-placed landmarks", title_justify="left",
+              caption="bias = estimator − hand; LoA: Bland–Altman 95% limits of agreement")
+    for col in ("angle", "n", "bias", "MAE", "LoA", "ICC(2,1)", "r"):
+        t.add_column(col)
+    for r in table.itertuples():
+        t.add_row(r.angle, str(r.n), f"{r.bias:+.2f}", f"{r.mae:.2f}",
+                  f"{r.loa_low:+.1f} to {r.loa_high:+.1f}", f"{r.icc_2_1:.3f}",
+                  f"{r.pearson_r:.3f}")
+    console.print(t)
+    if out is not None:
+        atomic_write_csv(out / "agreement.csv", table)
+        atomic_write_csv(out / "angles_hand.csv", hand.rename_axis("row").reset_index())
+        atomic_write_csv(out / "angles_estimator.csv", est.rename_axis("row").reset_index())
+        fig = bland_altman_figure(bland_altman_pairs(hand, est))
+        atomic_write(out / "bland_altman.png", lambda p: fig.savefig(p, format="png", dpi=110))
+        console.print(f"written: {out.resolve()}")
 
 
 @app.command()
@@ -213,7 +264,7 @@ def demo(
     cfg = demo_config(manifest, overrides)
     metrics = run_study(cfg, out)
     assert metrics is not None
-    print_results(metrics, out, console, cfg.metrics.ci_level)
+    print_results(metrics, out, console, cfg.metrics.ci_level, cfg.metrics.primary_level)
 
 
 @app.command()
@@ -224,10 +275,14 @@ def explain(
     method: Annotated[str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, "
                                              "layercam or eigencam")] = "gradcam",
     overlays: Annotated[bool, typer.Option(help="write an overlay PNG per photo")] = True,
+    blur_faces: Annotated[bool | None, typer.Option(
+        "--blur-faces/--no-blur-faces",
+        help="blur faces in overlays and galleries (default: the study's privacy.blur_faces)")
+    ] = None,
 ) -> None:
     """Class activation maps of every photo from the fold model that did not train on it,
     mean maps per outcome, galleries and the CAM share per body region."""
-    summary = explain_run(run_dir, task, model, method, overlays, err_console)
+    summary = explain_run(run_dir, task, model, method, overlays, err_console, blur_faces)
     table = enrichment_table(summary)
     if table.empty:
         console.print("no region masks or landmarks: CAMs and mean maps written, no region "
@@ -262,6 +317,8 @@ def predict(
                    ] = Path("predictions"),
     fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
     cam: Annotated[bool, typer.Option(help="write a CAM overlay per photo and task")] = True,
+    blur_faces: Annotated[bool, typer.Option(
+        help="blur faces in the overlays (--no-blur-faces for internal use)")] = True,
 ) -> None:
     """Probability per photo and task (mean of the fold models, with their range), the
     decision at the bundle's threshold, and a CAM overlay."""
@@ -274,12 +331,15 @@ def predict(
     with progress_bar(err_console, disable=len(files) < 2) as progress:
         bar = progress.add_task("predicting", total=len(files))
         table = predict_files(files, bundles, out / "overlays" if cam else None, cam,
-                              lambda n: progress.advance(bar, n))
+                              lambda n: progress.advance(bar, n), blur_faces)
     target = write_predictions(table, out, fmt)
     ok = table[table["error"] == ""] if "error" in table else table
     for r in ok.itertuples():
         console.print(f"{Path(r.photo).name}  {r.task}/{r.model}: p={r.probability:.3f} "
                       f"(folds {r.fold_min:.3f}–{r.fold_max:.3f}) → {r.decision}")
+        if isinstance(r.lower_risk, str) and r.lower_risk:
+            console.print(f"    what would lower the risk (a model property, not advice): "
+                          f"{r.lower_risk}")
     for r in table[table["error"] != ""].itertuples():
         err_console.print(f"[red]skipped[/red] {r.error}", highlight=False)
     console.print(f"written: {target.resolve()}")
@@ -292,6 +352,9 @@ def serve(
                     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload")] = 20.0,
+    blur_faces: Annotated[bool, typer.Option(
+        help="blur faces in the pictures the page returns (--no-blur-faces: internal use)")
+    ] = True,
 ) -> None:
     """A local web page (and JSON API, docs at /docs) to screen one photo at a time.
     Uploads stay in memory and are never written to disk."""
@@ -300,8 +363,8 @@ def serve(
         err_console.print(f"[yellow]serving on {host}: reachable from other machines[/yellow]")
     import uvicorn  # the server only when serving
 
-    uvicorn.run(create_app(bundles, int(max_upload_mb * 2**20)), host=host, port=port,
-                log_level="info")
+    uvicorn.run(create_app(bundles, int(max_upload_mb * 2**20), blur_faces), host=host,
+                port=port, log_level="info")
 
 
 @app.command()

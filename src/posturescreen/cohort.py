@@ -22,6 +22,14 @@ from posturescreen.data.manifest import Manifest, ManifestError, Problem, load_m
 from posturescreen.files import atomic_write_csv, atomic_write_text, ensure_writable_dir
 from posturescreen.folds import outer_folds
 from posturescreen.models import Preprocessing, decode_sizes, preprocessing_for
+from posturescreen.pose import POSE_DRAFT, PoseEstimator
+from posturescreen.poses import (
+    PoseRecorder,
+    angle_table,
+    needs_estimator,
+    pose_table,
+    results_from_table,
+)
 from posturescreen.progress import progress_bar
 from posturescreen.runfolder import Job
 from posturescreen.tasks import all_task_labels, class_counts
@@ -35,7 +43,8 @@ class StudyContext:
     run_dir: Path
     cohort: pd.DataFrame  # validated manifest rows kept, + label_<task>, fold_<task>
     cache: ImageCache
-    preprocessing: dict[str, Preprocessing]
+    preprocessing: dict[str, Preprocessing]  # CNNs only
+    angles: pd.DataFrame | None = None  # angles.csv, indexed like `cohort`
 
     def jobs(self) -> list[Job]:
         out = []
@@ -47,7 +56,8 @@ class StudyContext:
 
 
 def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = None) -> StudyContext:
-    """Validate data, decode photos once, build labels and folds, write config and cohort."""
+    """Validate data, decode photos once (finding poses on the way), build labels and folds,
+    write config, cohort and the per-photo pose and angle tables."""
     console = console or Console(stderr=True)
     if cfg.data.manifest is None:
         raise ManifestError(
@@ -59,14 +69,25 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
     ensure_writable_dir(run_dir)
 
     manifest = load_manifest(cfg.data.manifest, cfg.data, allow_bad_images=True)
-    preprocessing = {m.name: preprocessing_for(m.name, m.image_size) for m in cfg.models}
+    preprocessing = {m.name: preprocessing_for(m.name, m.image_size) for m in cfg.cnn_models()}
     sizes = decode_sizes(cfg.models)
+    columns = list(manifest.table.columns)
+    recorder = None
+    if needs_estimator(cfg, columns):
+        known = rf.read_table(run_dir, rf.POSE)  # a resumed run reuses its poses
+        recorder = PoseRecorder(PoseEstimator(), cfg.pose.crop, cfg.pose.crop_margin,
+                                results_from_table(known) if known is not None else None)
+    draft = max([*sizes, POSE_DRAFT] if recorder else sizes, default=POSE_DRAFT)
     paths = [Path(p) for p in manifest.table["image_path"]]
     with progress_bar(console, elapsed=True) as progress:
+        what = f"at {sorted(sizes)} px" if sizes else ""
         bar = progress.add_task(
-            f"decoding {len(paths)} photos at {sorted(sizes)} px", total=len(paths)
-        )
-        cache = build_image_cache(paths, sizes, lambda n: progress.advance(bar, n))
+            f"decoding {len(paths)} photos {what}{', finding poses' if recorder else ''}",
+            total=len(paths))
+        cache = build_image_cache(paths, sizes, lambda n: progress.advance(bar, n), draft,
+                                  recorder)
+    if recorder is not None and recorder.estimator is not None:
+        recorder.estimator.close()
 
     h = hashlib.sha256(Path(cfg.data.manifest).read_bytes())
     h.update(cache.data_hash().encode())
@@ -79,9 +100,25 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
     if not (run_dir / rf.CONFIG).exists():  # a resumed run keeps its original record
         atomic_write_text(
             run_dir / rf.CONFIG,
-            yaml.safe_dump(rf.config_record(cfg, data_hash), sort_keys=False),
+            yaml.safe_dump(rf.config_record(cfg, data_hash, draft),
+                           sort_keys=False),
         )
     atomic_write_csv(run_dir / rf.COHORT, cohort.drop(columns=["image_path"]))
+    pose = None
+    if recorder is not None:
+        pose = pose_table(table, cfg.data.image_column, recorder)
+        atomic_write_csv(run_dir / rf.POSE, pose)
+        missing = pose.loc[~pose["person_found"], ["row", "image"]]
+        if len(missing):
+            atomic_write_csv(run_dir / rf.NO_PERSON, missing)
+            console.print(f"[yellow]no person found in {len(missing)} of {len(pose)} photo(s) "
+                          f"(listed in {run_dir / rf.NO_PERSON}): they keep the whole scene "
+                          "and have no angles[/yellow]")
+    angles = None
+    if cfg.uses_angles():
+        angles = angle_table(table, cfg, pose)
+        atomic_write_csv(run_dir / rf.ANGLES, angles)
+        angles.index = table.index
     counts = class_counts(
         cohort,
         {t.name: cohort[f"label_{t.name}"].dropna().astype(int) for t in cfg.tasks},
@@ -89,7 +126,7 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
     )
     atomic_write_csv(run_dir / rf.CLASS_COUNTS, counts)
     _print_counts(counts, console)
-    return StudyContext(cfg, run_dir, cohort, cache, preprocessing)
+    return StudyContext(cfg, run_dir, cohort, cache, preprocessing, angles)
 
 
 def _print_counts(counts: pd.DataFrame, console: Console) -> None:

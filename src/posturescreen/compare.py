@@ -1,12 +1,18 @@
-"""Model comparisons on the same photos: DeLong's test for two correlated AUCs, with Holm's
-correction across the comparisons of a task.
+"""Model comparisons on the same photos: DeLong's test for two correlated AUCs — clustered by
+worker when a worker has several photos — with Holm's correction.
 
 DeLong, DeLong & Clarke-Pearson (1988), Biometrics 44:837-845, computed with the
 placement-value formulation of Sun & Xu (2014), IEEE Signal Process. Lett. 21:1389-1393.
 pROC (the reference implementation) is R; on PyPI only small, young packages offer it
-(MLstatkit, rocauc-comparison). The computation is twenty lines, so it lives here, tested
+(MLstatkit, rocauc-comparison), and none the clustered form. So it lives here, tested
 against pROC's own reference values on its aSAH data (Z, p, AUCs and DeLong variances, to
 1e-10) and against an O(m·n) computation from the definition.
+
+Clustered (Obuchowski 1997, Biometrics 53:567-578): a worker's photos are not independent,
+so the placement values are summed per worker and their variance taken over workers. The
+small-sample factor is applied per class (workers with positive photos, workers with negative
+photos), which makes the estimator equal DeLong's exactly when every worker has one photo;
+a worker bootstrap of the AUC difference agrees with it (tests/test_compare.py).
 """
 
 from __future__ import annotations
@@ -50,15 +56,64 @@ class DeLongResult:
     var2: float
 
 
-def delong_test(y_true: np.ndarray, scores1: np.ndarray, scores2: np.ndarray) -> DeLongResult:
-    """Two-sided test of AUC1 = AUC2 for two scores of the same cases."""
+def _cluster_sums(values: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster: the sum of `values` (rows: values per score) and the count."""
+    codes, uniques = pd.factorize(clusters)
+    counts = np.bincount(codes, minlength=len(uniques)).astype(float)
+    sums = np.vstack([np.bincount(codes, weights=v, minlength=len(uniques)) for v in values])
+    return sums, counts
+
+
+def _delong_cov(y: np.ndarray, s1: np.ndarray, s2: np.ndarray,
+                clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two AUCs and their (clustered) DeLong covariance matrix."""
+    a10, a01, auc1 = placements(y, s1)
+    b10, b01, auc2 = placements(y, s2)
+    aucs = np.array([auc1, auc2])
+    n_pos, n_neg = len(a10), len(a01)
+    sum10, m = _cluster_sums(np.vstack([a10, b10]), clusters[y])
+    sum01, n = _cluster_sums(np.vstack([a01, b01]), clusters[~y])
+    d10 = sum10 - m * aucs[:, None]  # (2, clusters with positives)
+    d01 = sum01 - n * aucs[:, None]
+    i10, i01 = d10.shape[1], d01.shape[1]
+    cov = (i10 / max(i10 - 1, 1)) * (d10 @ d10.T) / n_pos**2
+    cov += (i01 / max(i01 - 1, 1)) * (d01 @ d01.T) / n_neg**2
+    # workers with photos of both classes add a cross term (none when labels are per worker)
+    both = sorted(set(clusters[y]) & set(clusters[~y]))
+    if both:
+        pi = {c: k for k, c in enumerate(pd.unique(clusters[y]))}
+        ni = {c: k for k, c in enumerate(pd.unique(clusters[~y]))}
+        c10 = d10[:, [pi[c] for c in both]]
+        c01 = d01[:, [ni[c] for c in both]]
+        n_clusters = len(pd.unique(clusters))
+        cross = (n_clusters / (n_clusters - 1)) * (c10 @ c01.T) / (n_pos * n_neg)
+        cov += cross + cross.T
+    return aucs, cov
+
+
+def delong_test(y_true: np.ndarray, scores1: np.ndarray, scores2: np.ndarray,
+                clusters: np.ndarray | None = None,
+                strata: np.ndarray | None = None) -> DeLongResult:
+    """Two-sided test of AUC1 = AUC2 for two scores of the same cases; `clusters` (e.g.
+    worker ids) makes it the clustered test (Obuchowski 1997); `strata` (the outer folds)
+    compares fold-stratified AUCs, Σ w_k AUC_k with w_k ∝ n₊ₖn₋ₖ, whose variance is
+    Σ w_k² var_k (folds hold disjoint workers)."""
+    y = np.asarray(y_true).astype(bool)
     s1, s2 = np.asarray(scores1, float), np.asarray(scores2, float)
-    a10, a01, auc1 = placements(y_true, s1)
-    b10, b01, auc2 = placements(y_true, s2)
-    m, n = len(a10), len(a01)
-    s10 = np.cov(np.vstack([a10, b10]))
-    s01 = np.cov(np.vstack([a01, b01]))
-    cov = s10 / m + s01 / n
+    clusters = np.arange(len(y)) if clusters is None else np.asarray(clusters)
+    strata = np.zeros(len(y), dtype=int) if strata is None else np.asarray(strata)
+    parts = []
+    for k in pd.unique(strata):
+        m = strata == k
+        pairs = int(y[m].sum()) * int((~y[m]).sum())
+        if pairs:
+            parts.append((pairs, *_delong_cov(y[m], s1[m], s2[m], clusters[m])))
+    if not parts:
+        raise ValueError("DeLong needs positives and negatives")
+    total = sum(w for w, _, _ in parts)
+    aucs = sum((w / total) * a for w, a, _ in parts)
+    cov = sum((w / total) ** 2 * c for w, _, c in parts)
+    auc1, auc2 = float(aucs[0]), float(aucs[1])
     var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     diff = auc1 - auc2
     if var <= 0:  # identical (or perfectly tied) scores
@@ -70,28 +125,37 @@ def delong_test(y_true: np.ndarray, scores1: np.ndarray, scores2: np.ndarray) ->
     )
 
 
-def compare_models(predictions: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Every pair of models within each task, on the photos both predicted (pooled
-    out-of-fold), with Holm-adjusted p-values per task."""
+def compare_models(predictions: pd.DataFrame, alpha: float = 0.05,
+                   cluster_column: str | None = None, unit_column: str = "row",
+                   family: str = "task", stratified: bool = False) -> pd.DataFrame:
+    """Every pair of models within each task, on the units (photos or workers) both
+    predicted (pooled out-of-fold), clustered by `cluster_column` when given, comparing
+    fold-stratified AUCs when `stratified`, with Holm-adjusted p-values per task
+    (`family="task"`) or over all tasks (`"study"`)."""
     rows = []
     for task, g in predictions.groupby("task", sort=False):
-        wide = g.pivot_table(index="row", columns="model", values="prob")
-        labels = g.drop_duplicates("row").set_index("row")["label"].loc[wide.index]
-        pairs = list(itertools.combinations(list(dict.fromkeys(g["model"])), 2))
-        task_rows = []
-        for a, b in pairs:
+        wide = g.pivot_table(index=unit_column, columns="model", values="prob")
+        first = g.drop_duplicates(unit_column).set_index(unit_column)
+        labels = first["label"].loc[wide.index]
+        clusters = first[cluster_column].loc[wide.index] if cluster_column else None
+        folds = first["fold"].loc[wide.index] if stratified else None
+        for a, b in itertools.combinations(list(dict.fromkeys(g["model"])), 2):
             both = wide[[a, b]].dropna()
             r = delong_test(labels.loc[both.index].to_numpy(), both[a].to_numpy(),
-                            both[b].to_numpy())
-            task_rows.append({"task": task, "model_a": a, "model_b": b, "n": len(both),
-                              "auc_a": r.auc1, "auc_b": r.auc2, "difference": r.difference,
-                              "se": r.se, "z": r.z, "p_value": r.p_value})
-        if task_rows:
-            adjusted = multipletests([r["p_value"] for r in task_rows], alpha=alpha,
-                                     method="holm")[1]
-            for r, p in zip(task_rows, adjusted, strict=True):
-                r["p_holm"] = float(p)
-        rows += task_rows
-    columns = ["task", "model_a", "model_b", "n", "auc_a", "auc_b", "difference", "se", "z",
-               "p_value", "p_holm"]
-    return pd.DataFrame(rows, columns=columns)
+                            both[b].to_numpy(),
+                            clusters.loc[both.index].to_numpy() if clusters is not None
+                            else None,
+                            folds.loc[both.index].to_numpy() if folds is not None else None)
+            rows.append({"task": task, "model_a": a, "model_b": b, "n": len(both),
+                         "auc_a": r.auc1, "auc_b": r.auc2, "difference": r.difference,
+                         "se": r.se, "z": r.z, "p_value": r.p_value})
+    out = pd.DataFrame(rows, columns=["task", "model_a", "model_b", "n", "auc_a", "auc_b",
+                                      "difference", "se", "z", "p_value"])
+    out["p_holm"] = np.nan
+    groups = [out.index] if family == "study" else [g.index for _, g in out.groupby(
+        "task", sort=False)]
+    for idx in groups:
+        if len(idx):
+            out.loc[idx, "p_holm"] = multipletests(out.loc[idx, "p_value"], alpha=alpha,
+                                                   method="holm")[1]
+    return out

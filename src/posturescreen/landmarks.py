@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from posturescreen.data.images import letterbox_geometry
+from posturescreen.data.images import Frame
 
 
 def landmark_names(columns: Sequence[str]) -> list[str]:
@@ -17,12 +17,8 @@ def landmark_names(columns: Sequence[str]) -> list[str]:
     return [c[:-2] for c in columns if c.endswith("_x") and f"{c[:-2]}_y" in cols]
 
 
-def frame_points(row: pd.Series, names: Sequence[str], original: tuple[int, int] | None,
-                 size: int) -> dict[str, np.ndarray]:
-    """A row's landmarks in the size × size letterboxed frame (missing points left out)."""
-    if original is None:
-        return {}
-    scale, ox, oy = letterbox_geometry(original[0], original[1], size)
+def row_points(row: pd.Series, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """A row's landmarks in photo pixels (missing or non-numeric points left out)."""
     pts = {}
     for n in names:
         x, y = row.get(f"{n}_x"), row.get(f"{n}_y")
@@ -33,5 +29,14 @@ def frame_points(row: pd.Series, names: Sequence[str], original: tuple[int, int]
         except (TypeError, ValueError):
             continue
         if np.isfinite(x) and np.isfinite(y):
-            pts[n] = np.array([x * scale + ox, y * scale + oy], dtype=np.float64)
+            pts[n] = (x, y)
     return pts
+
+
+def frame_points(row: pd.Series, names: Sequence[str], frame: Frame | None
+                 ) -> dict[str, np.ndarray]:
+    """A row's landmarks in a model's letterboxed frame (missing points left out)."""
+    if frame is None:
+        return {}
+    return {n: np.array(frame.point(x, y), dtype=np.float64)
+            for n, (x, y) in row_points(row, names).items()}

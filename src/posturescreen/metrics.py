@@ -1,9 +1,14 @@
-"""Metrics with 95% CIs, as pure functions over arrays.
+"""Metrics with CIs, as pure functions over arrays, at two units of analysis.
+
+Levels: `photo` (each photo a case) and `worker` (a worker's photos aggregated into one
+case, the screening unit). Both are always computed; `metrics.primary_level` says which the
+printed tables lead with.
 
 Two interval kinds, both reported and labelled:
 - `bootstrap`: primary. Pooled out-of-fold predictions, percentile interval over
   subject-level bootstrap resamples (all photos of a resampled worker go together).
-- `fold_t`: the paper's style. Mean of the per-fold values ± t(0.975, k-1)·SD/√k.
+- `fold_t`: the paper's style. Mean of the per-fold values ± t(q, k-1)·SD/√k, q from the
+  configured level.
 
 A fold or resample holding a single class has no AUC (and maybe no Sen/Spe): that value is
 NaN with a warning, never a crash.
@@ -16,12 +21,11 @@ import warnings
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.metrics import roc_curve
 
-METRICS = ("AUC", "ACC", "Sen", "Spe", "PPV", "NPV", "F1")
+from posturescreen.bootstrap import METRICS, bootstrap_ci, weighted_metrics
 
-
-def _ratio(num: float, den: float) -> float:
-    return float(num / den) if den > 0 else float("nan")
+LEVELS = ("worker", "photo")
 
 
 def auc_score(y_true: np.ndarray, prob: np.ndarray) -> float:
@@ -36,24 +40,40 @@ def auc_score(y_true: np.ndarray, prob: np.ndarray) -> float:
     return float((ranks[y_true == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def binary_metrics(y_true: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """AUC from probabilities; the rest from 0/1 decisions at the chosen threshold."""
+def binary_metrics(y_true: np.ndarray, prob: np.ndarray, pred: np.ndarray,
+                   strata: np.ndarray | None = None) -> dict[str, float]:
+    """AUC from probabilities (fold-stratified with `strata`); the rest from 0/1 decisions
+    at the chosen threshold."""
     y_true = np.asarray(y_true).astype(int)
-    pred = np.asarray(pred).astype(int)
-    tp = int(((pred == 1) & (y_true == 1)).sum())
-    tn = int(((pred == 0) & (y_true == 0)).sum())
-    fp = int(((pred == 1) & (y_true == 0)).sum())
-    fn = int(((pred == 0) & (y_true == 1)).sum())
-    ppv, sen = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return {
-        "AUC": auc_score(y_true, prob),
-        "ACC": _ratio(tp + tn, len(y_true)),
-        "Sen": sen,
-        "Spe": _ratio(tn, tn + fp),
-        "PPV": ppv,
-        "NPV": _ratio(tn, tn + fn),
-        "F1": _ratio(2 * tp, 2 * tp + fp + fn),
-    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        row = weighted_metrics(y_true, prob, pred, np.ones((1, len(y_true))), strata)[0]
+    out = dict(zip(METRICS, map(float, row), strict=True))
+    if strata is None:
+        out["AUC"] = auc_score(y_true, prob)  # exact rank formula for the point estimate
+    return out
+
+
+def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity − 1, at the midpoint of the
+    optimal interval (between the score that starts it and the next lower score), so
+    neither class is favoured; ties between optimal intervals go to the one nearest 0.5."""
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < 2:
+        warnings.warn("Youden threshold undefined with one class; using 0.5", stacklevel=2)
+        return 0.5
+    fpr, tpr, thr = roc_curve(y_true, prob, drop_intermediate=False)
+    j = tpr - fpr
+    best = np.flatnonzero(np.isclose(j, j.max()))
+    scores = np.unique(np.asarray(prob, dtype=float))  # ascending
+    mids = []
+    for b in best:
+        upper = min(float(thr[b]), 1.0)
+        lower_scores = scores[scores < upper]
+        lower = float(lower_scores[-1]) if len(lower_scores) else 0.0
+        mids.append((upper + lower) / 2)
+    mids = np.asarray(mids)
+    return float(mids[np.argmin(np.abs(mids - 0.5))])
 
 
 def t_interval(
@@ -75,111 +95,54 @@ def t_interval(
     return mean, float(lo), float(hi)
 
 
-def bootstrap_ci(
-    y_true: np.ndarray,
-    prob: np.ndarray,
-    pred: np.ndarray,
-    groups: np.ndarray,
-    n_resamples: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict[str, tuple[float, float]]:
-    """Percentile CI per metric over resamples of subjects (with replacement)."""
-    y_true, prob, pred = np.asarray(y_true), np.asarray(prob), np.asarray(pred)
-    codes, uniques = pd.factorize(np.asarray(groups))
-    members = [np.flatnonzero(codes == g) for g in range(len(uniques))]
-    rng = np.random.default_rng(seed)
-    draws = np.empty((n_resamples, len(METRICS)))
-    for b in range(n_resamples):
-        chosen = rng.integers(0, len(members), len(members))
-        idx = np.concatenate([members[g] for g in chosen])
-        m = binary_metrics(y_true[idx], prob[idx], pred[idx])
-        draws[b] = [m[k] for k in METRICS]
-    alpha = (1 - level) / 2
-    out = {}
-    for j, name in enumerate(METRICS):
-        col = draws[:, j]
-        finite = col[np.isfinite(col)]
-        if len(finite) < len(col):
-            warnings.warn(
-                f"{name}: {len(col) - len(finite)} of {len(col)} bootstrap resamples "
-                "had a single class and were left out",
-                stacklevel=2,
-            )
-        if len(finite) == 0:
-            out[name] = (float("nan"), float("nan"))
-        else:
-            out[name] = (float(np.quantile(finite, alpha)), float(np.quantile(finite, 1 - alpha)))
-    return out
-
-
-def per_fold_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
+def per_fold_metrics(predictions: pd.DataFrame, level: str = "photo") -> pd.DataFrame:
     """One row per task × model × fold × metric. Expects columns task, model, fold, label,
     prob, pred."""
     rows = []
     for (task, model, fold), g in predictions.groupby(["task", "model", "fold"], sort=False):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            m = binary_metrics(g["label"].to_numpy(), g["prob"].to_numpy(), g["pred"].to_numpy())
+        m = binary_metrics(g["label"].to_numpy(), g["prob"].to_numpy(), g["pred"].to_numpy())
         for name, value in m.items():
             if np.isnan(value):
-                warnings.warn(f"{task}/{model} fold {fold}: {name} undefined (NaN)", stacklevel=2)
-            rows.append(
-                {"task": task, "model": model, "fold": int(fold), "metric": name, "value": value}
-            )
+                warnings.warn(f"{task}/{model} fold {fold} ({level} level): {name} undefined "
+                              "(NaN)", stacklevel=2)
+            rows.append({"task": task, "model": model, "level": level, "fold": int(fold),
+                         "metric": name, "value": value})
     return pd.DataFrame(rows)
 
 
 def summarize(
-    predictions: pd.DataFrame,
+    levels: dict[str, pd.DataFrame],
     subject_column: str,
     n_resamples: int,
     seed: int,
     level: float = 0.95,
+    stratified_auc: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Tidy metrics (task, model, metric, estimate, ci_low, ci_high, ci_kind) and the
-    per-fold table. Bootstrap resamples use one seed per task, so models of a task are
-    compared on the same resampled subjects."""
-    folds = per_fold_metrics(predictions)
-    rows = []
-    task_names = list(dict.fromkeys(predictions["task"]))
-    for (task, model), g in predictions.groupby(["task", "model"], sort=False):
-        y, p, d = g["label"].to_numpy(), g["prob"].to_numpy(), g["pred"].to_numpy()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pooled = binary_metrics(y, p, d)
-        ci = bootstrap_ci(
-            y, p, d, g[subject_column].to_numpy(), n_resamples, seed + task_names.index(task), level
-        )
-        fm = folds[(folds["task"] == task) & (folds["model"] == model)]
-        for name in METRICS:
-            lo, hi = ci[name]
-            rows.append(
-                {
-                    "task": task,
-                    "model": model,
-                    "metric": name,
-                    "estimate": pooled[name],
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "ci_kind": "bootstrap",
-                }
-            )
-            mean, tlo, thi = t_interval(
-                fm.loc[fm["metric"] == name, "value"].to_numpy(), level, bounds=(0.0, 1.0)
-            )
-            rows.append(
-                {
-                    "task": task,
-                    "model": model,
-                    "metric": name,
-                    "estimate": mean,
-                    "ci_low": tlo,
-                    "ci_high": thi,
-                    "ci_kind": "fold_t",
-                }
-            )
-    return pd.DataFrame(rows), folds
+    """Tidy metrics (task, model, level, metric, estimate, ci_low, ci_high, ci_kind) and the
+    per-fold table, for each level's predictions (level name -> table with task, model,
+    fold, label, prob, pred and the subject column). Resamples use one seed per task, so
+    models of a task are compared on the same resampled subjects."""
+    rows, fold_tables = [], []
+    for level_name, predictions in levels.items():
+        folds = per_fold_metrics(predictions, level_name)
+        fold_tables.append(folds)
+        task_names = list(dict.fromkeys(predictions["task"]))
+        for (task, model), g in predictions.groupby(["task", "model"], sort=False):
+            y, p, d = g["label"].to_numpy(), g["prob"].to_numpy(), g["pred"].to_numpy()
+            strata = g["fold"].to_numpy() if stratified_auc else None
+            pooled = binary_metrics(y, p, d, strata)
+            ci = bootstrap_ci(y, p, d, g[subject_column].to_numpy(), n_resamples,
+                              seed + task_names.index(task), level, strata)
+            fm = folds[(folds["task"] == task) & (folds["model"] == model)]
+            for name in METRICS:
+                base = {"task": task, "model": model, "level": level_name, "metric": name}
+                rows.append({**base, "estimate": pooled[name], "ci_low": ci[name][0],
+                             "ci_high": ci[name][1], "ci_kind": "bootstrap"})
+                mean, tlo, thi = t_interval(
+                    fm.loc[fm["metric"] == name, "value"].to_numpy(), level, bounds=(0.0, 1.0))
+                rows.append({**base, "estimate": mean, "ci_low": tlo, "ci_high": thi,
+                             "ci_kind": "fold_t"})
+    return pd.DataFrame(rows), pd.concat(fold_tables, ignore_index=True)
 
 
 def format_estimate(estimate: float, low: float, high: float) -> str:
@@ -191,14 +154,22 @@ def format_estimate(estimate: float, low: float, high: float) -> str:
     return f"{estimate:.3f} ({low:.3f}–{high:.3f})"
 
 
-def paper_table(metrics: pd.DataFrame, ci_kind: str) -> pd.DataFrame:
-    """Task × model rows, metric columns, formatted estimates with CIs."""
+def paper_table(metrics: pd.DataFrame, ci_kind: str, level: str | None = None) -> pd.DataFrame:
+    """Task × model rows, metric columns, formatted estimates with CIs (one level, or every
+    level with a level column)."""
     sel = metrics[metrics["ci_kind"] == ci_kind]
+    if level is not None and "level" in sel:
+        sel = sel[sel["level"] == level]
+    keys = ["task", "model"] + (["level"] if level is None and "level" in sel else [])
     table = {}
-    for (task, model), g in sel.groupby(["task", "model"], sort=False):
-        table[(task, model)] = {
-            r.metric: format_estimate(r.estimate, r.ci_low, r.ci_high) for r in g.itertuples()
-        }
+    for key, g in sel.groupby(keys, sort=False):
+        table[key] = {r.metric: format_estimate(r.estimate, r.ci_low, r.ci_high)
+                      for r in g.itertuples()}
     out = pd.DataFrame.from_dict(table, orient="index")[list(METRICS)]
-    out.index = pd.MultiIndex.from_tuples(out.index, names=["task", "model"])
+    out.index = pd.MultiIndex.from_tuples(out.index, names=keys)
     return out.reset_index()
+
+
+__all__ = ["LEVELS", "METRICS", "auc_score", "binary_metrics", "bootstrap_ci",
+           "format_estimate", "paper_table", "per_fold_metrics", "summarize", "t_interval",
+           "youden_threshold"]

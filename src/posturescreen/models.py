@@ -334,6 +334,8 @@ def decode_sizes(models: Sequence[ModelConfig]) -> dict[int, str]:
     reuse it so they see exactly the study's pixels."""
     sizes: dict[int, str] = {}
     for m in models:
+        if m.kind != "cnn":
+            continue
         p = preprocessing_for(m.name, m.image_size)
         sizes[p.input_size] = p.interpolation
     return sizes

@@ -9,10 +9,11 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
+from posturescreen import runfolder as rf
 from posturescreen.cohort import prepare_study
 from posturescreen.config import StudyConfig
 from posturescreen.explain import explain_run
-from posturescreen.jobs import Executor, LocalExecutor, run_job
+from posturescreen.jobs import Executor, LocalExecutor, job_waves, run_job
 from posturescreen.report import build_report
 from posturescreen.results import collect_predictions, write_results
 
@@ -36,11 +37,17 @@ def run_study(
     if max_jobs is not None:
         todo = todo[:max_jobs]
 
-    executor.run(todo, lambda job, reporter: run_job(ctx, job, reporter))
+    for wave in job_waves(cfg, todo):  # fusion jobs after the CNN jobs they fuse
+        executor.run(wave, lambda job, reporter: run_job(ctx, job, reporter))
     if not all(j.is_done(ctx.run_dir) for j in jobs):
         return None
     predictions = collect_predictions(ctx.run_dir, jobs, cfg.data.subject_column)
-    metrics = write_results(cfg, ctx.run_dir, predictions)
+    val = collect_predictions(ctx.run_dir, jobs, cfg.data.subject_column, rf.VAL_PREDICTIONS)
+    metrics = write_results(cfg, ctx.run_dir, predictions, val)
+    for override in cfg.sensitivity:  # the same data, one setting changed, its own folder
+        console.print(f"sensitivity analysis: {override}")
+        run_study(cfg.variant(override), rf.sensitivity_dir(ctx.run_dir, override),
+                  executor, console)
     if cfg.cams.run:
         explain_run(ctx.run_dir, method=cfg.cams.method, write_overlays=cfg.cams.overlays,
                     console=console)

@@ -8,11 +8,18 @@ runs/<name>/
   cohort.csv             validated manifest + label_<task>, fold_<task> per photo
   class_counts.csv       subjects and photos per class per task
   skipped_images.csv     unreadable photos left out (only with --skip-bad-images)
+  pose.csv, angles.csv   estimator points and boxes; posture angles (landmark source named)
+  no_person.csv          photos where no person was found (kept: whole scene, NaN angles)
   <task>/<model>/fold<k>/
       checkpoint.safetensors, train_log.csv, val_predictions.csv, fold.json,
       predictions.csv    written last = job done
-  predictions.csv, metrics.csv, metrics_per_fold.csv, metrics.md
+  predictions.csv        out-of-fold photos: raw and recalibrated probability, decision
+  worker_predictions.csv the same per worker (photos aggregated)
+  calibration.csv        per fold: recalibration, photo and worker thresholds
+  metrics.csv            per task × model × level (worker, photo) × metric, both CI kinds
+  metrics_per_fold.csv, auc_pooling.csv, comparisons.csv, metrics.md
   cams/                  after `explain`
+  sensitivity/<override>/  each sensitivity analysis, a run folder of its own
   report.html, results.json
 ```
 """
@@ -40,15 +47,24 @@ CONFIG = "config.yaml"
 COHORT = "cohort.csv"
 CLASS_COUNTS = "class_counts.csv"
 SKIPPED_IMAGES = "skipped_images.csv"
+POSE = "pose.csv"  # the pose estimator's points and boxes per photo
+ANGLES = "angles.csv"  # posture angles per photo, and where their landmarks came from
+NO_PERSON = "no_person.csv"  # photos where the estimator found no person
 PREDICTIONS = "predictions.csv"  # run level (all jobs) and job level (its test fold)
+WORKER_PREDICTIONS = "worker_predictions.csv"  # a worker's photos aggregated, per task × model
+CALIBRATION = "calibration.csv"  # per fold: Platt recalibration and thresholds (both levels)
+AUC_POOLING = "auc_pooling.csv"  # raw, recalibrated and fold-stratified pooled AUCs
+COMPARISONS = "comparisons.csv"  # DeLong (clustered at photo level), Holm-adjusted
 METRICS = "metrics.csv"
 METRICS_PER_FOLD = "metrics_per_fold.csv"
 METRICS_MD = "metrics.md"
 REPORT_HTML = "report.html"
 RESULTS_JSON = "results.json"
 CAMS = "cams"
+SENSITIVITY = "sensitivity"  # <override>/ : a sensitivity analysis's own run folder
 # per job
-CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT = "checkpoint.safetensors"  # a CNN's weights
+LINEAR_MODEL = "linear_model.json"  # an angle or fusion model's coefficients
 TRAIN_LOG = "train_log.csv"
 VAL_PREDICTIONS = "val_predictions.csv"
 FOLD_JSON = "fold.json"
@@ -86,7 +102,14 @@ class Job:
         return (self.directory(run_dir) / PREDICTIONS).exists()
 
     def seed(self, base: int) -> int:
+        """The job's own seed: model initialisation, batch order, augmentation."""
         digest = hashlib.sha256(f"{base}/{self.task}/{self.model}/{self.fold}".encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def split_seed(self, base: int) -> int:
+        """The inner train/validation split's seed: one per (task, fold), so every model of a
+        task trains and validates on the same photos (paired comparisons, fusion)."""
+        digest = hashlib.sha256(f"{base}/{self.task}/split/{self.fold}".encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
     def __str__(self) -> str:
@@ -115,6 +138,11 @@ def cam_dir(run_dir: Path, task: str | None = None, model: str | None = None) ->
     return d
 
 
+def sensitivity_dir(run_dir: Path, override: str) -> Path:
+    """Where a sensitivity analysis (one override of the study) keeps its own run folder."""
+    return Path(run_dir) / SENSITIVITY / safe_name(override)
+
+
 def library_versions() -> dict[str, str]:
     out = {
         "python": sys.version.split()[0],
@@ -130,12 +158,14 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def config_record(cfg: StudyConfig, data_hash: str) -> dict:
-    """What config.yaml holds: the resolved config under a header that identifies the run."""
+def config_record(cfg: StudyConfig, data_hash: str, decode_size: int | None = None) -> dict:
+    """What config.yaml holds: the resolved config under a header that identifies the run
+    (decode_size: the JPEG draft size photos were decoded at, for explain and export)."""
     return {
         "posturescreen_run": {
             "fingerprint": cfg.fingerprint(),
             "data_hash": data_hash,
+            "decode_size": decode_size,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": library_versions(),
         },
@@ -214,3 +244,20 @@ def load_run(run_dir: Path) -> tuple[StudyConfig, pd.DataFrame]:
     cohort = pd.read_csv(path, keep_default_na=False, na_values=[""],
                          dtype={cfg.data.subject_column: str, cfg.data.image_column: str})
     return cfg, cohort
+
+
+def decode_size(run_dir: Path) -> int | None:
+    """The JPEG draft size the study decoded its photos at (None for runs of earlier
+    versions, which decoded at their largest input size)."""
+    meta = read_record(run_dir).get("posturescreen_run") or {}
+    size = meta.get("decode_size") if isinstance(meta, dict) else None
+    return int(size) if isinstance(size, int) else None
+
+
+def read_table(run_dir: Path, name: str) -> pd.DataFrame | None:
+    """One of the run folder's per-photo tables (pose, angles), or None when absent."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"image": str,
+                                                                           "sha256": str})

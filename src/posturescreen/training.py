@@ -9,7 +9,6 @@ import math
 import os
 import random
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,10 +17,11 @@ import kornia.augmentation as K
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from posturescreen.config import AugmentConfig, ThresholdConfig, TrainConfig
+from posturescreen.metrics import youden_threshold
 from posturescreen.models import Preprocessing
 
 
@@ -109,18 +109,6 @@ def predict_probs(
             logits = model(x)
         out.append(torch.sigmoid(logits.float().view(-1)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-
-def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """Threshold maximising sensitivity + specificity - 1 (ties: the one nearest 0.5)."""
-    if len(np.unique(y_true)) < 2:
-        warnings.warn("Youden threshold undefined with one class; using 0.5", stacklevel=2)
-        return 0.5
-    fpr, tpr, thr = roc_curve(y_true, prob)
-    thr = np.clip(thr, 0.0, 1.0)
-    j = tpr - fpr
-    best = np.flatnonzero(np.isclose(j, j.max()))
-    return float(thr[best[np.argmin(np.abs(thr[best] - 0.5))]])
 
 
 def safe_auc(y_true: np.ndarray, prob: np.ndarray) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -124,14 +125,52 @@ def letterbox_geometry(width: int, height: int, size: int) -> tuple[float, float
     return scale, (size - nw) // 2, (size - nh) // 2
 
 
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in full-resolution pixels
+
+
+def crop_region(img: Image.Image, full_size: tuple[int, int], box: Box | None
+                ) -> tuple[Image.Image, Box]:
+    """The part of `img` (possibly decoded at a reduced scale) inside `box`, given in pixels
+    of the full-resolution photo; returns it with the region actually cut, in full-res
+    pixels (integer pixels of the decoded image, mapped back)."""
+    W, H = full_size
+    if box is None:
+        return img, (0.0, 0.0, float(W), float(H))
+    rx, ry = img.width / W, img.height / H
+    left = max(0, min(img.width - 1, int(box[0] * rx)))
+    top = max(0, min(img.height - 1, int(box[1] * ry)))
+    right = max(left + 1, min(img.width, int(math.ceil(box[2] * rx))))
+    bottom = max(top + 1, min(img.height, int(math.ceil(box[3] * ry))))
+    return img.crop((left, top, right, bottom)), (left / rx, top / ry, right / rx, bottom / ry)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """How a model's square input shows a photo: the region of the full-resolution photo it
+    holds, letterboxed to size × size. Maps photo pixels (landmarks, boxes) into it."""
+
+    region: Box
+    size: int
+
+    def geometry(self) -> tuple[float, float, float]:
+        x0, y0, x1, y1 = self.region
+        return letterbox_geometry(max(1, round(x1 - x0)), max(1, round(y1 - y0)), self.size)
+
+    def point(self, x: float, y: float) -> tuple[float, float]:
+        scale, ox, oy = self.geometry()
+        return (x - self.region[0]) * scale + ox, (y - self.region[1]) * scale + oy
+
+
 @dataclass
 class ImageCache:
-    """Letterboxed uint8 arrays, one (N, 3, S, S) block per input size, in manifest order."""
+    """Letterboxed uint8 arrays, one (N, 3, S, S) block per input size, in manifest order,
+    and for each photo the region of it the arrays show (the whole photo, or a crop)."""
 
     arrays: dict[int, np.ndarray]
     sha256: list[str | None]
     original_sizes: list[tuple[int, int] | None]
     errors: dict[int, str] = field(default_factory=dict)
+    regions: list[Box | None] = field(default_factory=list)
 
     def data_hash(self) -> str:
         h = hashlib.sha256()
@@ -139,13 +178,31 @@ class ImageCache:
             h.update((digest or "-").encode())
         return h.hexdigest()
 
+    def frame(self, i: int, size: int) -> Frame | None:
+        region = self.regions[i] if i < len(self.regions) else None
+        if region is None:
+            if self.original_sizes[i] is None:
+                return None
+            w, h = self.original_sizes[i]
+            region = (0.0, 0.0, float(w), float(h))
+        return Frame(region, size)
+
+
+# called once per decoded photo: (index, upright RGB image, full-res size, sha256) -> the
+# region to show (a crop box in full-res pixels) or None for the whole photo
+PhotoHook = Callable[[int, Image.Image, tuple[int, int], str], Box | None]
+
 
 def build_image_cache(
     paths: Sequence[Path],
     sizes: dict[int, str],
     progress: Callable[[int], None] | None = None,
+    draft_size: int | None = None,
+    hook: PhotoHook | None = None,
 ) -> ImageCache:
-    """Decode every photo once and letterbox it to each size (size -> interpolation).
+    """Decode every photo once (JPEG draft decoding at `draft_size`, default the largest
+    size), let `hook` see it and choose a crop, and letterbox it to each size (size ->
+    interpolation).
 
     Unreadable photos are recorded in `errors` (index -> message) and left as zeros;
     the caller decides whether to stop or skip them.
@@ -154,25 +211,32 @@ def build_image_cache(
     arrays = {s: np.zeros((n, 3, s, s), dtype=np.uint8) for s in sizes}
     digests: list[str | None] = [None] * n
     original: list[tuple[int, int] | None] = [None] * n
+    regions: list[Box | None] = [None] * n
     errors: dict[int, str] = {}
-    largest = max(sizes) if sizes else None
+    draft = draft_size or (max(sizes) if sizes else None)
     for i, path in enumerate(paths):
         try:
-            img, full_size, digest = read_image_file(Path(path), draft_size=largest)
+            img, full_size, digest = read_image_file(Path(path), draft_size=draft)
         except ImageReadError as e:
             errors[i] = str(e)
         else:
             digests[i] = digest
             original[i] = full_size
+            box = hook(i, img, full_size, digest) if hook is not None else None
+            if box is not None:
+                img, regions[i] = crop_region(img, full_size, box)
             for s, interp in sizes.items():
                 arrays[s][i] = letterbox(img, s, interp)
         if progress is not None:
             progress(1)
-    return ImageCache(arrays, digests, original, errors)
+    return ImageCache(arrays, digests, original, errors, regions)
 
 
-def letterbox_labels(labels: Image.Image, size: int) -> np.ndarray:
-    """letterbox() for a label map (region mask): nearest neighbour, padding = 0."""
+def letterbox_labels(labels: Image.Image, size: int, region: Box | None = None) -> np.ndarray:
+    """letterbox() for a label map (region mask) at the photo's full resolution, cut to
+    `region` first: nearest neighbour, padding = 0."""
+    if region is not None:
+        labels = labels.crop(tuple(round(v) for v in region))
     w, h = labels.size
     scale, ox, oy = letterbox_geometry(w, h, size)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))

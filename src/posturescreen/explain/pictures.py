@@ -42,3 +42,26 @@ class TopK:
             self.items.append((score, make()))
             self.items.sort(key=lambda t: -t[0])
             del self.items[self.k:]
+
+
+_SKELETON = (("ear", "eye"), ("ear", "c7"), ("ear", "shoulder"), ("c7", "shoulder"),
+             ("c7", "upper_back"), ("upper_back", "hip"), ("c7", "hip"), ("shoulder", "hip"),
+             ("hip", "knee"), ("knee", "ankle"))
+
+
+def pose_overlay(image_chw: np.ndarray, points: dict[str, tuple[float, float]]) -> np.ndarray:
+    """RGB uint8 (H, W, 3): the photo with the landmarks the angles were measured from, the
+    lines between them, and a horizontal through the neck's base (the CVA's reference)."""
+    img = Image.fromarray(image_chw.transpose(1, 2, 0).copy())
+    draw = ImageDraw.Draw(img)
+    r = max(2, img.width // 90)
+    for a, b in _SKELETON:
+        if a in points and b in points:
+            draw.line([points[a], points[b]], fill=(255, 214, 0), width=max(1, r // 2 + 1))
+    base = points.get("c7") or points.get("shoulder")
+    if base is not None:
+        draw.line([(base[0] - 6 * r, base[1]), (base[0] + 6 * r, base[1])], fill=(0, 200, 255),
+                  width=1)
+    for x, y in points.values():
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 80, 40))
+    return np.asarray(img).copy()

@@ -14,9 +14,10 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from posturescreen import runfolder as rf
-from posturescreen.config import ModelConfig, check_cam_method
-from posturescreen.data.images import ImageCache, build_image_cache, letterbox_labels
+from posturescreen.config import ModelConfig, StudyConfig, check_cam_method
+from posturescreen.data.images import Box, Frame, ImageCache, build_image_cache, letterbox_labels
 from posturescreen.data.manifest import resolve_image_path
+from posturescreen.deid import blur_chw, face_in_frame
 from posturescreen.explain.cams import compute_cams, overlay
 from posturescreen.explain.pictures import TopK, gallery, heatmap_png
 from posturescreen.explain.regions import (
@@ -28,6 +29,7 @@ from posturescreen.explain.regions import (
 from posturescreen.files import atomic_write_csv
 from posturescreen.landmarks import frame_points, landmark_names
 from posturescreen.models import build_model, decode_sizes, preprocessing_for, target_layer
+from posturescreen.poses import face_boxes, person_boxes
 from posturescreen.progress import progress_bar
 from posturescreen.runfolder import Job
 
@@ -43,27 +45,53 @@ def outcome(label: int, pred: int) -> str:
 
 @dataclass
 class _RunImages:
-    """The run's cohort, its photos decoded exactly as the study decoded them (once, on
-    first use), and where each manifest row sits in the cache."""
+    """The run's cohort and its photos decoded exactly as the study decoded them (once, on
+    first use, cut to the same person boxes), with each photo's face box to blur."""
 
     cohort: pd.DataFrame
     manifest_dir: Path
     sizes: dict[int, str]
     paths: list[Path]
+    draft: int | None = None
+    crops: dict[int, Box] = field(default_factory=dict)  # cohort position -> person box
+    faces: dict[int, Box] = field(default_factory=dict)  # cohort position -> face box
     cache: ImageCache | None = None
-    position: dict[int, int] = field(default_factory=dict)
+    position: dict[int, int] = field(default_factory=dict)  # manifest row -> position
 
     def arrays(self, size: int) -> np.ndarray:
         if self.cache is None:
-            self.cache = build_image_cache(self.paths, self.sizes)
+            self.cache = build_image_cache(self.paths, self.sizes, draft_size=self.draft,
+                                           hook=lambda i, *_: self.crops.get(i))
         return self.cache.arrays[size]
 
+    def frame(self, i: int, size: int) -> Frame | None:
+        return self.cache.frame(i, size) if self.cache is not None else None
+
     def regions(self, i: int, points: dict[str, np.ndarray], size: int) -> np.ndarray | None:
-        row = self.cohort.iloc[i]
-        mask = row.get("mask")
+        mask = self.cohort.iloc[i].get("mask")
         if isinstance(mask, str) and mask:
-            return letterbox_labels(Image.open(resolve_image_path(self.manifest_dir, mask)), size)
+            region = self.cache.regions[i] if self.cache is not None else None
+            return letterbox_labels(Image.open(resolve_image_path(self.manifest_dir, mask)),
+                                    size, region)
         return regions_from_landmarks(points, size)
+
+
+def _run_images(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
+                blur_faces: bool) -> _RunImages:
+    manifest_dir = Path(cfg.data.manifest).parent
+    position = {int(r): i for i, r in enumerate(cohort["row"])}
+    pose = rf.read_table(run_dir, rf.POSE)
+    crops, faces = {}, {}
+    if pose is not None:
+        for row, box in person_boxes(pose).items():
+            if cfg.pose.crop and row in position:
+                crops[position[row]] = box
+        if blur_faces:
+            faces = {position[r]: b for r, b in face_boxes(pose).items() if r in position}
+    return _RunImages(
+        cohort, manifest_dir, decode_sizes(cfg.models),
+        [resolve_image_path(manifest_dir, v) for v in cohort[cfg.data.image_column]],
+        rf.decode_size(run_dir), crops, faces, position=position)
 
 
 @dataclass
@@ -80,23 +108,23 @@ class _Accumulator:
 def explain_run(
     run_dir: Path, tasks: Sequence[str] | None = None, models: Sequence[str] | None = None,
     method: str = "gradcam", write_overlays: bool = True, console: Console | None = None,
+    blur_faces: bool | None = None,
 ) -> pd.DataFrame:
     """CAMs for every photo from the fold model that did not train on it; writes cams/ and
-    returns the region summary (task, model, outcome, region, share, enrichment, n)."""
+    returns the region summary (task, model, outcome, region, share, enrichment, n). Faces
+    in overlays and galleries are blurred unless `blur_faces` (default: the study's
+    `privacy.blur_faces`) is False."""
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
     check_cam_method(method)
     cfg, cohort = rf.load_run(run_dir)
-    manifest_dir = Path(cfg.data.manifest).parent
-    images = _RunImages(
-        cohort, manifest_dir, decode_sizes(cfg.models),
-        [resolve_image_path(manifest_dir, v) for v in cohort[cfg.data.image_column]],
-        position={int(r): i for i, r in enumerate(cohort["row"])})
+    blur = cfg.privacy.blur_faces if blur_faces is None else blur_faces
+    images = _run_images(run_dir, cfg, cohort, blur)
     frames = []
     for task in cfg.tasks:
         if tasks and task.name not in tasks:
             continue
-        for mcfg in cfg.models:
+        for mcfg in cfg.cnn_models():  # angle and fusion models have no pixels to explain
             if models and mcfg.name not in models:
                 continue
             frames += _explain_model(run_dir, task.name, mcfg, images, method, write_overlays,
@@ -150,7 +178,8 @@ def _explain_fold(run_dir: Path, job: Job, mcfg: ModelConfig, prep, images: _Run
     names = landmark_names(list(images.cohort.columns))
     for j, p in enumerate(preds.itertuples(index=False)):
         i = pos[j]
-        pts = frame_points(images.cohort.iloc[i], names, images.cache.original_sizes[i], size)
+        frame = images.frame(i, size)
+        pts = frame_points(images.cohort.iloc[i], names, frame)
         regions = images.regions(i, pts, size)
         o = outcome(p.label, p.pred)
         acc.sums[o] += align_to_body(cams[j], pts or None, MEAN_FRAME)
@@ -163,8 +192,8 @@ def _explain_fold(run_dir: Path, job: Job, mcfg: ModelConfig, prep, images: _Run
                 shares.insert(0, col, value)
             acc.shares.append(shares)
 
-        def make(j=j):
-            return overlay(pixels[j], cams[j])
+        def make(j=j, face=face_in_frame(images.faces.get(i), frame)):
+            return overlay(blur_chw(pixels[j], face), cams[j])
 
         if write_overlays:
             Image.fromarray(make()).save(out / "overlays" / f"row{int(p.row)}.png")

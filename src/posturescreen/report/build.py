@@ -15,9 +15,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from posturescreen import __version__
 from posturescreen import runfolder as rf
-from posturescreen.compare import compare_models
 from posturescreen.files import atomic_write_text
-from posturescreen.metrics import METRICS, paper_table
+from posturescreen.metrics import METRICS
 from posturescreen.report.checklist import CLAIM_TRIPOD
 from posturescreen.report.figures import (
     calibration_figure,
@@ -25,6 +24,9 @@ from posturescreen.report.figures import (
     region_chart,
     roc_figure,
 )
+from posturescreen.report.posture import posture_section
+from posturescreen.report.statistics import sensitivity, statistics
+from posturescreen.results import methods_text
 
 
 def _fold_counts(cohort: pd.DataFrame, task: str, subject_col: str) -> list[dict]:
@@ -62,8 +64,13 @@ def build_report(run_dir: Path) -> Path:
     if not (run_dir / rf.METRICS).exists():
         raise rf.NotARunFolder(f"{run_dir} has no {rf.METRICS}: finish the study first (the "
                                "same command resumes it)")
-    preds = rf.read_predictions(run_dir / rf.PREDICTIONS, subject_col)
     metrics = pd.read_csv(run_dir / rf.METRICS)
+    if "level" not in metrics:
+        raise rf.RunFolderError(f"{run_dir} was made by an earlier posturescreen (photo-level "
+                                "metrics only); rerun the study into a new folder")
+    stats = statistics(run_dir, cfg, metrics)
+    sensitivity_rows = sensitivity(run_dir, cfg, metrics)
+    preds = stats["photo"]
     per_fold = pd.read_csv(run_dir / rf.METRICS_PER_FOLD)
     counts = pd.read_csv(run_dir / rf.CLASS_COUNTS)
     tasks = [t.name for t in cfg.tasks]
@@ -89,18 +96,12 @@ def build_report(run_dir: Path) -> Path:
     skipped = (pd.read_csv(run_dir / rf.SKIPPED_IMAGES)
                if (run_dir / rf.SKIPPED_IMAGES).exists() else pd.DataFrame())
 
-    confusion, roc_figs, calib_figs, briers = {}, {}, {}, {}
-    for t in tasks:
-        roc_figs[t] = roc_figure(preds, t, models)
-        calib_figs[t], briers[t] = calibration_figure(preds, t, models)
-        for m in models:
-            g = preds[(preds["task"] == t) & (preds["model"] == m)]
-            confusion[(t, m)] = {
-                "TP": int(((g.label == 1) & (g.pred == 1)).sum()),
-                "FN": int(((g.label == 1) & (g.pred == 0)).sum()),
-                "FP": int(((g.label == 0) & (g.pred == 1)).sum()),
-                "TN": int(((g.label == 0) & (g.pred == 0)).sum())}
-    comparisons = compare_models(preds)
+    roc_figs = {t: roc_figure(preds, t, models) for t in tasks}
+    calib_figs = {t: calibration_figure(preds, t, models)[0] for t in tasks}
+    primary = cfg.metrics.primary_level
+    posture = posture_section(run_dir, cfg, cohort, metrics[metrics.level == primary],
+                              stats["comparisons"][stats["comparisons"].level == primary],
+                              preds)
 
     cams = None
     cam_dir = rf.cam_dir(run_dir)
@@ -132,8 +133,9 @@ def build_report(run_dir: Path) -> Path:
         "intervals are wide accordingly (they resample subjects, not photos).",
         "One side-view photo per assessment: posture is dynamic, and static posture alone "
         "is a limited marker (the seed study's own conclusion).",
-        "Pooled out-of-fold AUC mixes fold models whose probabilities are not calibrated to "
-        "each other; the fold-mean interval is shown beside it.",
+        "Each fold model was recalibrated on its small inner validation split before its "
+        "probabilities were pooled; the calibration section shows the result, and the raw "
+        "pooled AUC is shown beside the primary one.",
         "Thresholds were chosen on small inner validation splits (Youden's J); expect "
         "sensitivity and specificity to move on new data.",
         "External validity: one study's cameras, sites and population.",
@@ -154,11 +156,14 @@ def build_report(run_dir: Path) -> Path:
         "subject_disjointness": {t: (v or "passed") for t, v in disjoint.items()},
         "metrics": metrics.to_dict(orient="records"),
         "metrics_per_fold": per_fold.to_dict(orient="records"),
-        "confusion": [{"task": t, "model": m, **c} for (t, m), c in confusion.items()],
-        "brier": [{"task": t, "model": m, "brier": b} for t in tasks
-                  for m, b in briers[t].items()],
-        "comparisons": comparisons.to_dict(orient="records"),
+        "confusion": [{"task": t, "model": m, "level": lv["name"], **c}
+                      for lv in stats["levels"] for (t, m), c in lv["confusion"].items()],
+        "calibration": stats["calibration"],
+        "auc_pooling": stats["pooling"],
+        "sensitivity": sensitivity_rows,
+        "comparisons": stats["comparisons"].to_dict(orient="records"),
         "folds": folds_info, "synthetic_data": synthetic,
+        "posture": {k: v for k, v in (posture or {}).items() if k != "bland_altman"},
     }
     atomic_write_text(run_dir / rf.RESULTS_JSON, json.dumps(_jsonable(results), indent=1))
 
@@ -170,11 +175,11 @@ def build_report(run_dir: Path) -> Path:
         n_photos=len(cohort), n_subjects=cohort[subject_col].nunique(),
         counts=counts.to_dict(orient="records"), fold_counts=results["fold_counts"],
         disjoint=disjoint, tasks=tasks, models=models, weights=weights,
-        table_boot=paper_table(metrics, "bootstrap").to_dict(orient="records"),
-        table_t=paper_table(metrics, "fold_t").to_dict(orient="records"), metric_names=METRICS,
-        roc=roc_figs, calib=calib_figs, confusion=confusion,
-        comparisons=comparisons.to_dict(orient="records"), cams=cams,
-        limitations=limitations, claim=CLAIM_TRIPOD, folds=folds_info)
+        levels=stats["levels"], metric_names=METRICS, roc=roc_figs, calib=calib_figs,
+        calibration=stats["calibration"], pooling=stats["pooling"],
+        pooling_outside=stats["pooling_outside"], raw_outside=stats["raw_outside"],
+        methods_text=methods_text(cfg), cams=cams, sensitivity=sensitivity_rows,
+        limitations=limitations, claim=CLAIM_TRIPOD, folds=folds_info, posture=posture)
     out = run_dir / rf.REPORT_HTML
     atomic_write_text(out, html)
     return out

@@ -54,7 +54,7 @@ def calibration_figure(preds: pd.DataFrame, task: str, models: list[str]) -> tup
         frac, mean = calibration_curve(g["label"], g["prob"], n_bins=bins, strategy="quantile")
         ax.plot(mean, frac, marker="o", label=f"{model} (Brier {briers[model]:.3f})")
     ax.plot([0, 1], [0, 1], ls=":", color="grey")
-    ax.set(title=f"{task}: reliability (pooled out-of-fold)", xlabel="predicted probability",
+    ax.set(title=f"{task}: reliability (recalibrated, pooled)", xlabel="predicted probability",
            ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), aspect="equal")
     ax.legend(fontsize=7)
     return png_data_url(fig), briers

@@ -26,6 +26,7 @@ from posturescreen import __version__
 from posturescreen.bundle import Bundle
 from posturescreen.data.images import ImageReadError, decode_image
 from posturescreen.metrics import format_estimate
+from posturescreen.pose import PoseEstimator
 from posturescreen.predict import PredictionResult, decode_for_bundles, predict_image
 
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
@@ -50,6 +51,8 @@ class ModelInfo(BaseModel):
     folds: int
     intended_use: str
     auc: str | None
+    sensitivity: float | None = None  # the bundle's own rule on the study's out-of-fold photos
+    specificity: float | None = None
 
 
 CAUTION = ("Research tool, not a diagnosis. Probabilities come from models trained on one "
@@ -63,18 +66,24 @@ def _png_data_url(rgb) -> str:
 
 
 def _auc_text(bundle: Bundle) -> str | None:
+    """The study's photo-level AUC (the page decides on one photo)."""
     for m in bundle.metadata.metrics:
-        if m.get("metric") == "AUC" and m.get("ci_kind") == "bootstrap":
+        if (m.get("metric") == "AUC" and m.get("ci_kind") == "bootstrap"
+                and m.get("level", "photo") == "photo"):
             return format_estimate(*(float("nan") if m.get(k) is None else float(m[k])
                                      for k in ("estimate", "ci_low", "ci_high")))
     return None
 
 
-def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20) -> FastAPI:
+def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20,
+               blur_faces: bool = True) -> FastAPI:
     app = FastAPI(title="posturescreen", version=__version__,
                   description="Screen one side-view sitting photo with exported study "
                               "models. " + CAUTION)
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posturescreen-model")
+    # the pose estimator lives on the model thread too (made on first use there)
+    estimator: list[PoseEstimator] = []
+    needs_pose = blur_faces or any(b.needs_pose for b in bundles)
     limit_text = f"{max_upload_bytes / 2**20:g} MB"
     page = resources.files("posturescreen.web").joinpath("page.html").read_text("utf-8")
 
@@ -86,8 +95,12 @@ def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20) -> Fas
     def models() -> list[ModelInfo]:
         return [ModelInfo(task=b.metadata.task, model=b.metadata.model,
                           threshold=b.threshold, threshold_how=b.metadata.threshold.how,
-                          folds=len(b.models), intended_use=b.metadata.intended_use,
-                          auc=_auc_text(b)) for b in bundles]
+                          folds=len(b.metadata.folds), intended_use=b.metadata.intended_use,
+                          auc=_auc_text(b),
+                          sensitivity=b.metadata.operating_point.Sen
+                          if b.metadata.operating_point else None,
+                          specificity=b.metadata.operating_point.Spe
+                          if b.metadata.operating_point else None) for b in bundles]
 
     @app.post("/api/predict", response_model=PredictResponse,
               responses={400: {"description": "empty body"},
@@ -128,7 +141,11 @@ def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20) -> Fas
             decoded = decode_for_bundles(bundles, lambda size: decode_image(data, "upload", size))
         except ImageReadError as e:
             raise HTTPException(422, str(e)) from e
-        preds = [predict_image(b, decoded[b.decode_size][0]) for b in bundles]
+        if needs_pose and not estimator:
+            estimator.append(PoseEstimator())
+        preds = [predict_image(b, *decoded[b.decode_size], blur_faces=blur_faces,
+                               estimator=estimator[0] if estimator else None)
+                 for b in bundles]
         full_size = next(iter(decoded.values()))[1]
         return PredictResponse(
             width=full_size[0], height=full_size[1], caution=CAUTION,

@@ -1,0 +1,156 @@
+"""Angle and fusion models: fitted without test-fold information, exported as data, and
+reproduced exactly on new photos, with the change that would lower the risk."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from posturescreen.anglemodel import AngleModel, lower_risk_change
+from posturescreen.bundle import BundleError, load_bundle
+from posturescreen.config import ThresholdConfig, load_config
+from posturescreen.data.images import read_image_file
+from posturescreen.data.synthetic import generate_cohort
+from posturescreen.export import export_bundle
+from posturescreen.linearjobs import fit_angle_job, fit_fusion_job
+from posturescreen.pipeline import run_study
+from posturescreen.predict import predict_image
+from posturescreen.splits import FoldSplit
+
+
+def _fold(rng, n=90):
+    cohort = pd.DataFrame({"row": np.arange(2, n + 2), "subject_id": [f"S{i // 2}" for i in
+                                                                      range(n)]})
+    y = (np.arange(n) % 2).astype(int)
+    angles = pd.DataFrame({"cva": 50 - 6 * y + rng.normal(0, 4, n),
+                           "trunk_lean": rng.normal(0, 5, n),
+                           "knee_angle": np.where(rng.random(n) < 0.2, np.nan,
+                                                  rng.normal(100, 10, n))})
+    idx = np.arange(n)
+    split = FoldSplit(idx[:40], idx[40:60], idx[60:], y[:40], y[40:60], y[60:])
+    return cohort, angles, split
+
+
+def _cnn_dir(tmp_path, cohort, split, test_prob):
+    d = tmp_path / "cnn"
+    d.mkdir(exist_ok=True)
+    rng = np.random.default_rng(7)
+    pd.DataFrame({"row": cohort.loc[split.val, "row"],
+                  "prob": np.clip(0.5 + 0.3 * (split.y_val - 0.5) + rng.normal(0, .1, 20), .01,
+                                  .99)}).to_csv(d / "val_predictions.csv", index=False)
+    pd.DataFrame({"row": cohort.loc[split.test, "row"], "prob": test_prob}).to_csv(
+        d / "predictions.csv", index=False)
+    return d
+
+
+def test_angle_and_fusion_fits_ignore_everything_about_the_test_fold(tmp_path):
+    rng = np.random.default_rng(0)
+    cohort, angles, split = _fold(rng)
+    rule = ThresholdConfig()
+    cnn = _cnn_dir(tmp_path, cohort, split, rng.random(30))
+    a1 = fit_angle_job(angles, split, 1.0, rule, cohort, "subject_id")
+    f1 = fit_fusion_job(angles, split, 1.0, rule, cnn, cohort, "subject_id")
+    # scramble every test-fold value: angles, labels and the CNN's test scores
+    angles2 = angles.copy()
+    angles2.loc[split.test] = rng.normal(0, 50, (len(split.test), angles.shape[1]))
+    split2 = FoldSplit(split.train, split.val, split.test, split.y_train, split.y_val,
+                       1 - split.y_test)
+    cnn2 = _cnn_dir(tmp_path, cohort, split, rng.random(30))
+    a2 = fit_angle_job(angles2, split2, 1.0, rule, cohort, "subject_id")
+    f2 = fit_fusion_job(angles2, split2, 1.0, rule, cnn2, cohort, "subject_id")
+    assert a1.model_json == a2.model_json and f1.model_json == f2.model_json
+    assert a1.info["threshold"] == a2.info["threshold"]
+    assert np.array_equal(a1.val_prob, a2.val_prob)
+    assert not set(a1.val_idx) & set(split.test)  # fitted on training photos only
+    assert f1.info["threshold"] == f2.info["threshold"]
+    assert np.array_equal(f1.val_prob, f2.val_prob)
+    assert not np.array_equal(f1.test_prob, f2.test_prob)  # the test fold is only predicted
+    assert f1.info["threshold_scores"] == "cross-validated"
+    # the angle that drives the label gets the largest weight, with the right sign
+    weights = a1.info["coefficients_per_sd"]
+    assert weights["cva"] < 0 and abs(weights["cva"]) == max(map(abs, weights.values()))
+
+
+def test_lower_risk_change_moves_one_angle_within_the_training_range():
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 100)
+    X = np.column_stack([50 - 8 * y + rng.normal(0, 5, 200), rng.normal(0, 5, 200)])
+    model = AngleModel.fit(X, ["cva", "trunk_lean"], y)
+    risk = lambda v: float(model.predict(model.matrix(v))[0])  # noqa: E731
+    change = lower_risk_change([model], {"cva": 40.0, "trunk_lean": 1.0}, risk)
+    assert change.angle == "cva" and change.after > change.before  # raise the CVA
+    assert change.after - change.before <= model.scales[0] + 1e-9
+    assert change.after <= model.high[0] + 1e-9
+    assert change.risk_after < change.risk_before
+    assert change.sentence().startswith("raise CVA by")
+    # at the top of the range there is nothing left to raise
+    assert lower_risk_change([model], {"cva": model.high[0] + 20, "trunk_lean": 1.0},
+                             risk).angle != "cva"
+
+
+@pytest.fixture(scope="module")
+def estimator_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fusion")
+    manifest = generate_cohort(root / "c", n_subjects=32, seed=6, size=160)
+    cfg = load_config(None, [
+        f"data.manifest={manifest}", "pose.landmarks=estimator",
+        "models=[{name: test_resnet, pretrained: none, image_size: 48},"
+        " {name: angles, kind: angles}, {name: fused, kind: fusion, cnn: test_resnet}]",
+        "tasks=[{name: CH, positive: 'ch == 1'}]", "cv.folds=2", "train.epochs=2",
+        "train.batch_size=8", "metrics.bootstrap=50", "report=false"])
+    run_study(cfg, root / "run")
+    return root, manifest
+
+
+@pytest.mark.parametrize("model", ["angles", "fused"])
+def test_angle_and_fusion_bundles_reproduce_the_study(estimator_study, model):
+    root, manifest = estimator_study
+    bundle = load_bundle(export_bundle(root / "run", "CH", model, root / f"b_{model}.zip"))
+    meta = json.loads(bundle.metadata.model_dump_json())
+    assert meta["kind"] == ("angles" if model == "angles" else "fusion")
+    assert meta["pose"]["landmark_source"] == "estimator"
+    preds = pd.read_csv(root / "run" / "predictions.csv")
+    preds = preds[preds.model == model]
+    for k in (0, 1):
+        single = bundle.only_fold(k)
+        for r in preds[preds.fold == k].head(3).itertuples():
+            img, full, _ = read_image_file(manifest.parent / r.image,
+                                           draft_size=bundle.decode_size)
+            pred = predict_image(single, img, full)
+            assert pred.probability == pytest.approx(r.prob, abs=1e-6)
+            if pred.lower_risk is not None:
+                assert pred.lower_risk_probability < pred.probability
+            assert pred.cam_overlay is not None and pred.cam_overlay.ndim == 3
+
+
+def test_angles_from_the_manifest_cannot_be_exported(tmp_path):
+    manifest = generate_cohort(tmp_path / "c", n_subjects=32, seed=2, size=96)
+    cfg = load_config(None, [
+        f"data.manifest={manifest}", "models=[{name: angles, kind: angles}]",
+        "tasks=[{name: CH, positive: 'ch == 1'}]", "cv.folds=2", "metrics.bootstrap=50",
+        "report=false", "pose.crop=false", "privacy.blur_faces=false"])
+    run_study(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "pose.csv").exists()  # no estimator was needed
+    with pytest.raises(BundleError, match="pose.landmarks=estimator"):
+        export_bundle(tmp_path / "run", "CH", "angles", tmp_path / "b")
+
+
+def test_web_api_reports_angles_and_the_change_that_lowers_the_risk(estimator_study):
+    from fastapi.testclient import TestClient
+
+    from posturescreen.web.app import create_app
+
+    root, manifest = estimator_study
+    bundle = load_bundle(export_bundle(root / "run", "CH", "angles", root / "b_web"))
+    client = TestClient(create_app([bundle]))
+    photo = next((manifest.parent / "images").glob("*.jpg")).read_bytes()
+    r = client.post("/api/predict", content=photo, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    result = r.json()["results"][0]
+    assert result["kind"] == "angles" and result["person_found"] is True
+    assert "ear_shoulder_angle" in result["angles"]
+    if result["lower_risk"] is not None:
+        assert result["lower_risk_probability"] < result["probability"]
+    models = client.get("/api/models").json()
+    assert models[0]["sensitivity"] is not None
