@@ -84,3 +84,23 @@ def test_photos_without_a_person_are_listed_and_kept(tiny_manifest, tmp_path):
     assert metrics is not None  # the CNN trains on the whole scenes
     preds = pd.read_csv(tmp_path / "cnn" / "predictions.csv")
     assert len(preds) == cohort["label_CH"].notna().sum()  # every photo of the task
+
+
+def test_agreement_command_on_generated_landmarks(cohort, tmp_path):
+    from typer.testing import CliRunner
+
+    from posturescreen.cli import app
+
+    result = CliRunner().invoke(app, ["agreement", str(cohort), "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "a" / "agreement.csv").set_index("angle")
+    # the generator's C7 is not the estimator's shoulder: the proxy row is named as such
+    assert "cva vs ear_shoulder_angle (proxy)" in table.index
+    assert (table["n"] > 0).all() and table["icc_2_1"].between(-1, 1).all()
+    assert (tmp_path / "a" / "bland_altman.png").stat().st_size > 10_000
+    none = tmp_path / "m.csv"
+    pd.read_csv(cohort).drop(columns=[c for c in pd.read_csv(cohort).columns
+                                      if c.endswith(("_x", "_y"))]).to_csv(none, index=False)
+    (tmp_path / "images").symlink_to(cohort.parent / "images")
+    bad = CliRunner().invoke(app, ["agreement", str(none)])
+    assert bad.exit_code == 2 and "no angle could be measured" in bad.output

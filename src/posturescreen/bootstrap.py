@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 METRICS = ("AUC", "ACC", "Sen", "Spe", "PPV", "NPV", "F1")
+CHUNK_CELLS = 20_000_000
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -66,13 +67,21 @@ def weighted_metrics(y: np.ndarray, prob: np.ndarray, pred: np.ndarray, W: np.nd
         _ratio(tp, tp + fp), _ratio(tn, tn + fn), _ratio(2 * tp, 2 * tp + fp + fn)])
 
 
-def resample_weights(groups: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """(B, n) weights: how often each row's group was drawn, groups drawn with replacement."""
+def resample_counts(groups: np.ndarray, n_resamples: int, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(B, groups) counts of how often each group was drawn (with replacement), and each
+    row's group code."""
     codes, uniques = pd.factorize(np.asarray(groups))
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(uniques), (n_resamples, len(uniques)))
     counts = np.zeros((n_resamples, len(uniques)))
     np.add.at(counts, (np.repeat(np.arange(n_resamples), len(uniques)), draws.ravel()), 1.0)
+    return counts, codes
+
+
+def resample_weights(groups: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """(B, n) weights: how often each row's group was drawn."""
+    counts, codes = resample_counts(groups, n_resamples, seed)
     return counts[:, codes]
 
 
@@ -87,8 +96,11 @@ def bootstrap_ci(
     strata: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile CI per metric over resamples of subjects (with replacement)."""
-    draws = weighted_metrics(y_true, prob, pred, resample_weights(groups, n_resamples, seed),
-                             strata)
+    # the resamples in chunks: a (chunk, photos) weight matrix stays under ~160 MB
+    chunk = max(1, CHUNK_CELLS // max(1, len(np.asarray(y_true))))
+    counts, codes = resample_counts(groups, n_resamples, seed)
+    draws = np.vstack([weighted_metrics(y_true, prob, pred, counts[i:i + chunk][:, codes],
+                                        strata) for i in range(0, n_resamples, chunk)])
     alpha = (1 - level) / 2
     out = {}
     for j, name in enumerate(METRICS):
