@@ -127,14 +127,15 @@ def delong_test(y_true: np.ndarray, scores1: np.ndarray, scores2: np.ndarray,
 
 def compare_models(predictions: pd.DataFrame, alpha: float = 0.05,
                    cluster_column: str | None = None, unit_column: str = "row",
-                   family: str = "task", stratified: bool = False) -> pd.DataFrame:
+                   family: str = "task", stratified: bool = False,
+                   score_column: str = "prob") -> pd.DataFrame:
     """Every pair of models within each task, on the units (photos or workers) both
     predicted (pooled out-of-fold), clustered by `cluster_column` when given, comparing
     fold-stratified AUCs when `stratified`, with Holm-adjusted p-values per task
     (`family="task"`) or over all tasks (`"study"`)."""
     rows = []
     for task, g in predictions.groupby("task", sort=False):
-        wide = g.pivot_table(index=unit_column, columns="model", values="prob")
+        wide = g.pivot_table(index=unit_column, columns="model", values=score_column)
         first = g.drop_duplicates(unit_column).set_index(unit_column)
         labels = first["label"].loc[wide.index]
         clusters = first[cluster_column].loc[wide.index] if cluster_column else None

@@ -95,12 +95,14 @@ def t_interval(
     return mean, float(lo), float(hi)
 
 
-def per_fold_metrics(predictions: pd.DataFrame, level: str = "photo") -> pd.DataFrame:
+def per_fold_metrics(predictions: pd.DataFrame, level: str = "photo",
+                     score_column: str = "prob") -> pd.DataFrame:
     """One row per task × model × fold × metric. Expects columns task, model, fold, label,
-    prob, pred."""
+    pred and the score column (AUC)."""
     rows = []
     for (task, model, fold), g in predictions.groupby(["task", "model", "fold"], sort=False):
-        m = binary_metrics(g["label"].to_numpy(), g["prob"].to_numpy(), g["pred"].to_numpy())
+        m = binary_metrics(g["label"].to_numpy(), g[score_column].to_numpy(),
+                           g["pred"].to_numpy())
         for name, value in m.items():
             if np.isnan(value):
                 warnings.warn(f"{task}/{model} fold {fold} ({level} level): {name} undefined "
@@ -121,14 +123,17 @@ def summarize(
     """Tidy metrics (task, model, level, metric, estimate, ci_low, ci_high, ci_kind) and the
     per-fold table, for each level's predictions (level name -> table with task, model,
     fold, label, prob, pred and the subject column). Resamples use one seed per task, so
-    models of a task are compared on the same resampled subjects."""
+    models of a task are compared on the same resampled subjects. The fold-stratified AUC
+    ranks each fold's own scores (`prob_raw` when present): a recalibration, which is
+    monotone within a fold, changes nothing there."""
     rows, fold_tables = [], []
     for level_name, predictions in levels.items():
-        folds = per_fold_metrics(predictions, level_name)
+        score = "prob_raw" if stratified_auc and "prob_raw" in predictions else "prob"
+        folds = per_fold_metrics(predictions, level_name, score)
         fold_tables.append(folds)
         task_names = list(dict.fromkeys(predictions["task"]))
         for (task, model), g in predictions.groupby(["task", "model"], sort=False):
-            y, p, d = g["label"].to_numpy(), g["prob"].to_numpy(), g["pred"].to_numpy()
+            y, p, d = g["label"].to_numpy(), g[score].to_numpy(), g["pred"].to_numpy()
             strata = g["fold"].to_numpy() if stratified_auc else None
             pooled = binary_metrics(y, p, d, strata)
             ci = bootstrap_ci(y, p, d, g[subject_column].to_numpy(), n_resamples,

@@ -65,11 +65,12 @@ def write_results(cfg: StudyConfig, run_dir: Path, predictions: pd.DataFrame,
         levels, subject_col, cfg.metrics.bootstrap, cfg.seed, cfg.metrics.ci_level,
         stratified_auc=cfg.metrics.pooled_auc == "fold_stratified")
     stratified = cfg.metrics.pooled_auc == "fold_stratified"
+    score = "prob_raw" if stratified else "prob"  # the same scores the pooled AUC ranks
     comparisons = pd.concat([
         compare_models(photo, cluster_column=subject_col, family=cfg.metrics.comparison_family,
-                       stratified=stratified).assign(level="photo"),
+                       stratified=stratified, score_column=score).assign(level="photo"),
         compare_models(worker, unit_column=subject_col, family=cfg.metrics.comparison_family,
-                       stratified=stratified).assign(level="worker"),
+                       stratified=stratified, score_column=score).assign(level="worker"),
     ], ignore_index=True)
     atomic_write_csv(run_dir / rf.PREDICTIONS, photo)
     atomic_write_csv(run_dir / rf.WORKER_PREDICTIONS, worker)
