@@ -159,6 +159,13 @@ def format_estimate(estimate: float, low: float, high: float) -> str:
     return f"{estimate:.3f} ({low:.3f}–{high:.3f})"
 
 
+def format_p(p: float) -> str:
+    """A p-value as printed: four decimals, `<0.0001` below that."""
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
 def paper_table(metrics: pd.DataFrame, ci_kind: str, level: str | None = None) -> pd.DataFrame:
     """Task × model rows, metric columns, formatted estimates with CIs (one level, or every
     level with a level column)."""
@@ -176,5 +183,5 @@ def paper_table(metrics: pd.DataFrame, ci_kind: str, level: str | None = None) -
 
 
 __all__ = ["LEVELS", "METRICS", "auc_score", "binary_metrics", "bootstrap_ci",
-           "format_estimate", "paper_table", "per_fold_metrics", "summarize", "t_interval",
-           "youden_threshold"]
+           "format_estimate", "format_p", "paper_table", "per_fold_metrics", "summarize",
+           "t_interval", "youden_threshold"]

@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from posturescreen import __version__
 from posturescreen import runfolder as rf
 from posturescreen.files import atomic_write_text
-from posturescreen.metrics import METRICS
+from posturescreen.metrics import METRICS, format_p
 from posturescreen.report.checklist import CLAIM_TRIPOD
 from posturescreen.report.figures import (
     calibration_figure,
@@ -169,6 +169,7 @@ def build_report(run_dir: Path) -> Path:
 
     env = Environment(loader=PackageLoader("posturescreen", "report"),
                       autoescape=select_autoescape(["html", "j2"]))
+    env.filters["pvalue"] = format_p
     html = env.get_template("template.html.j2").render(
         cfg=cfg, meta=run_meta, version=__version__, generated=results["generated"],
         manifest=manifest, synthetic=synthetic, skipped=skipped.to_dict(orient="records"),

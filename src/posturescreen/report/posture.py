@@ -25,7 +25,7 @@ from posturescreen.angles import ANGLES, DESCRIPTIONS
 from posturescreen.config import ModelConfig, StudyConfig
 from posturescreen.landmarks import landmark_names
 from posturescreen.levels import Calibrator
-from posturescreen.metrics import format_estimate
+from posturescreen.metrics import format_estimate, format_p
 from posturescreen.report.figures import png_data_url
 
 EXAMPLES_PER_MODEL = 3
@@ -67,7 +67,7 @@ def _kind_table(cfg: StudyConfig, metrics: pd.DataFrame, comparisons: pd.DataFra
             rows.append({"task": task, "model": r.model, "kind": kinds.get(r.model, "cnn"),
                          "auc": format_estimate(r.estimate, r.ci_low, r.ci_high),
                          "vs": best if p is not None else "",
-                         "p": f"{p:.4f}" if p is not None else ""})
+                         "p": format_p(p) if p is not None else ""})
     return rows
 
 
