@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +21,8 @@ from pydantic import (
 )
 
 from posturescreen.errors import PostureScreenError
+from posturescreen.query import parse_query
+from posturescreen.safe_yaml import YamlInputError, load_yaml, read_yaml_file
 
 
 class ConfigError(PostureScreenError, ValueError):
@@ -44,14 +45,27 @@ class DataConfig(_Strict):
     skip_bad_images: bool = Field(
         False, description="train without unreadable photos (listed in the run) instead of stopping"
     )
+    duplicate_photos: Literal["refuse", "keep_first"] = Field(
+        "refuse",
+        description="a photo listed twice (same file, or same bytes under another name): "
+        "refuse, or keep its first row and list the others in skipped_images.csv",
+    )
+
+
+def _check_query(text: str | None) -> str | None:
+    if text is not None:
+        parse_query(text)  # QueryError is a ValueError: pydantic names the field
+    return text
 
 
 class TaskConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_+\-]+$")
-    positive: str = Field(description="pandas query selecting the positive photos")
+    positive: str = Field(description="query selecting the positive photos (README: Tasks)")
     negative: str | None = Field(
-        None, description="pandas query selecting the negatives; default from `negatives`"
+        None, description="query selecting the negatives; default from `negatives`"
     )
+
+    _queries = field_validator("positive", "negative")(_check_query)
 
 
 class ModelConfig(_Strict):
@@ -160,14 +174,15 @@ PAPER_MODELS = [
 
 
 class StudyConfig(_Strict):
-    name: str = "study"
-    seed: int = 0
+    name: str = Field("study", max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+\- ]*$",
+                      description="the default run folder is runs/<name>")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="0 … 2^32−1 (NumPy's seed range)")
     data: DataConfig = Field(default_factory=DataConfig)
     tasks: list[TaskConfig] = Field(default_factory=lambda: [t.model_copy() for t in PAPER_TASKS])
     negatives: Literal["controls", "rest"] = Field(
         "controls", description="default negatives: controls (query below) or everyone else"
     )
-    controls: str = Field("ch == 0 and nsp == 0", description="pandas query for controls")
+    controls: str = Field("ch == 0 and nsp == 0", description="query selecting controls")
     models: list[ModelConfig] = Field(
         default_factory=lambda: [m.model_copy() for m in PAPER_MODELS]
     )
@@ -177,6 +192,8 @@ class StudyConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     cams: CamConfig = Field(default_factory=CamConfig)
     report: bool = Field(True, description="write report.html and results.json at the end")
+
+    _controls_query = field_validator("controls")(_check_query)
 
     @model_validator(mode="after")
     def _unique_names(self) -> StudyConfig:
@@ -217,16 +234,26 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
         lines.append(
-            f"  {loc}: {msg}"
+            f"  {loc[:80]}: {msg}"
             + (
-                f" (got {e['input']!r})"
+                f" (got {_short_repr(e['input'])})"
                 if "input" in e
-                and e["type"] != "extra_forbidden"
+                and e["type"] not in ("extra_forbidden", "value_error")
                 and not isinstance(e["input"], dict)
                 else ""
             )
         )
-    return "\n".join(lines)
+    shown = lines[:21]  # a random file can have thousands of problems
+    if len(lines) > 21:
+        shown.append(f"  ... and {len(lines) - 21} more")
+    return "\n".join(shown)
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """An input as an error shows it: never the whole of a large value."""
+    text = repr(value) if not isinstance(value, list | tuple | set) or len(value) < 20 \
+        else f"<{type(value).__name__} of {len(value)} items>"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -242,12 +269,12 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 def parse_override(text: str) -> tuple[str, Any]:
     """`train.epochs=3` -> ("train.epochs", 3); the value is read as YAML."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.path=value")
+        raise ConfigError(f"override {_short_repr(text)} must look like key.path=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+        value = load_yaml(raw) if raw.strip() else ""
+    except YamlInputError as e:
+        raise ConfigError(f"override {_short_repr(text)}: {e}") from e
     return key.strip(), value
 
 
@@ -257,6 +284,8 @@ def _apply_model_override(tree: dict[str, Any], key: str, value: Any) -> None:
     if models is None:
         models = [m.model_dump(mode="json") for m in PAPER_MODELS]
         tree["models"] = models
+    if not isinstance(models, list):
+        return  # validation names the wrong type of `models`
     for m in models:
         if isinstance(m, dict):
             m[key] = value
@@ -272,19 +301,18 @@ def load_config(
     if path is not None:
         source = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file not found: {path}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+            loaded = read_yaml_file(Path(path))
+        except YamlInputError as e:
+            raise ConfigError(f"config file {path}: {e}") from e
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must be a mapping of keys to values")
         tree.update(loaded)
         # relative manifest paths in a config file are relative to that file
-        manifest = (tree.get("data") or {}).get("manifest")
-        if manifest and not Path(manifest).is_absolute():
+        data = tree.get("data")
+        manifest = data.get("manifest") if isinstance(data, dict) else None
+        if isinstance(manifest, str) and manifest and not Path(manifest).is_absolute():
             tree["data"]["manifest"] = str((Path(path).parent / manifest).resolve())
     for text in overrides or []:
         key, value = parse_override(text)
@@ -292,7 +320,7 @@ def load_config(
             _apply_model_override(tree, key.split(".", 1)[1], value)
         else:
             _set_dotted(tree, key, value)
-        source += f" + {text}"
+        source += f" + {text if len(text) <= 80 else text[:80] + '…'}"
     try:
         return StudyConfig.model_validate(tree)
     except ValidationError as e:
