@@ -97,7 +97,8 @@ def study(
     max_jobs: Annotated[
         int | None,
         typer.Option(
-            "--max-jobs", help="stop after this many jobs (resume later with the same command)"
+            "--max-jobs", min=0,
+            help="stop after this many jobs (resume later with the same command)",
         ),
     ] = None,
 ) -> None:
@@ -151,7 +152,8 @@ def validate(
 def synth(
     out: Annotated[Path, typer.Option("--out", help="folder to write the cohort into")],
     subjects: Annotated[int, typer.Option(help="workers (531: the paper's exact counts)")] = 531,
-    seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes")] = 0,
+    seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes",
+                                      min=0, max=2**32 - 1)] = 0,
     size: Annotated[int, typer.Option(help="photo size in pixels (square)")] = 384,
     photos: Annotated[
         int | None, typer.Option(help="number of photos (default: the paper's 904/531 per worker)")

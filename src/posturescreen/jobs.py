@@ -16,11 +16,10 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
-from safetensors.torch import save_file
 
 from posturescreen import runfolder as rf
 from posturescreen.cohort import StudyContext
-from posturescreen.files import atomic_write, atomic_write_csv, atomic_write_text
+from posturescreen.files import atomic_write_csv, atomic_write_safetensors, atomic_write_text
 from posturescreen.folds import assert_disjoint, inner_split
 from posturescreen.models import build_model
 from posturescreen.progress import progress_bar
@@ -122,9 +121,8 @@ def run_job(ctx: StudyContext, job: Job, reporter: Reporter | None = None) -> bo
     seconds = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(
-        out / rf.CHECKPOINT,
-        lambda p: save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(p)),
+    atomic_write_safetensors(
+        out / rf.CHECKPOINT, {k: v.contiguous() for k, v in result.state_dict.items()}
     )
     atomic_write_csv(out / rf.TRAIN_LOG, result.history)
 
