@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -33,7 +35,7 @@ from posturescreen.report import build_report
 from posturescreen.report.tracking import log_to_mlflow
 from posturescreen.results import print_results
 from posturescreen.runfolder import cam_dir
-from posturescreen.web.app import create_app
+from posturescreen.web.app import LOOPBACK_HOSTS, create_app
 
 console = Console()
 err_console = Console(stderr=True)
@@ -292,18 +294,47 @@ def serve(
     model: Annotated[list[Path], typer.Option("--model", help="bundle (repeat for several)")],
     host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean it")
                     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 8000,
+    port: Annotated[int, typer.Option(help="port", min=0, max=65535)] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload")] = 20.0,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="a host name clients use to reach the server (repeat; loopback "
+                             "names are always allowed; '*' allows any)")] = None,
+    upload_timeout: Annotated[float, typer.Option(
+        help="seconds a client may take to send a photo")] = 30.0,
 ) -> None:
-    """A local web page (and JSON API, docs at /docs) to screen one photo at a time.
-    Uploads stay in memory and are never written to disk."""
+    """A local web page (and JSON API, described at /openapi.json) to screen one photo at a
+    time. Uploads stay in memory and are never written to disk."""
+    if not 0 < max_upload_mb <= 1024 or not 0 < upload_timeout <= 3600:
+        fail("--max-upload-mb must be in (0, 1024] and --upload-timeout in (0, 3600] seconds")
+    hosts = allowed_hosts(host, allow_host or [])
     bundles = [load_bundle(m) for m in model]
     if host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(f"[yellow]serving on {host}: reachable from other machines[/yellow]")
+        err_console.print(f"[yellow]serving on {host}: reachable from other machines; "
+                          f"accepted Host names: {', '.join(hosts)}[/yellow]")
     import uvicorn  # the server only when serving
 
-    uvicorn.run(create_app(bundles, int(max_upload_mb * 2**20)), host=host, port=port,
-                log_level="info")
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["posturescreen"] = {"handlers": ["default"], "level": "INFO",
+                                              "propagate": False}
+    uvicorn.run(create_app(bundles, int(max_upload_mb * 2**20), hosts, upload_timeout),
+                host=host, port=port, log_level="info", log_config=log_config)
+
+
+def allowed_hosts(bind: str, extra: list[str]) -> list[str]:
+    """Host header names the server accepts: loopback, the bound address, and --allow-host
+    names (checked here: Starlette would stop on a malformed pattern with a traceback)."""
+    hosts = list(LOOPBACK_HOSTS)
+    if bind not in ("0.0.0.0", "::", "127.0.0.1", "localhost", "::1"):
+        extra = [bind, *extra]
+    for name in extra:
+        name = name.strip().lower()
+        if ":" in name and not name.startswith("["):
+            name = f"[{name}]"  # an IPv6 address, as a Host header writes it
+        if name != "*" and not re.fullmatch(r"(\*\.)?[a-z0-9\[\]:._-]{1,253}", name):
+            fail(f"--allow-host {name!r}: expected a host name or address such as "
+                 "screening.example.org, 192.168.1.20, *.example.org or '*'")
+        hosts.append(name)
+    return list(dict.fromkeys(hosts))
 
 
 @app.command()
