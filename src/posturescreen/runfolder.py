@@ -7,7 +7,7 @@ runs/<name>/
   config.yaml            resolved config + versions, config fingerprint, data hash
   cohort.csv             validated manifest + label_<task>, fold_<task> per photo
   class_counts.csv       subjects and photos per class per task
-  skipped_images.csv     unreadable photos left out (only with --skip-bad-images)
+  skipped_images.csv     photos left out: unreadable (--skip-bad-images) or repeated (keep_first)
   <task>/<model>/fold<k>/
       checkpoint.safetensors, train_log.csv, val_predictions.csv, fold.json,
       predictions.csv    written last = job done
