@@ -2,6 +2,8 @@
 
 import errno
 import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TINY_OVERRIDES, make_cohort
+
+try:
+    import resource
+except ImportError:  # not POSIX
+    resource = None
 from posturescreen import files
 from posturescreen.cli import app
 from posturescreen.config import load_config
@@ -19,6 +26,8 @@ from posturescreen.data.manifest import ManifestError, load_manifest
 from posturescreen.files import OutputError
 from posturescreen.folds import FoldError
 from posturescreen.pipeline import run_study
+
+ONE_TASK = "tasks=[{name: CH, positive: 'ch == 1'}]"
 
 
 def test_palette_png_with_transparency_becomes_rgb_on_white(tmp_path):
@@ -130,3 +139,105 @@ def test_empty_subject_and_image_cells(tmp_path):
     text = str(info.value)
     assert "row 2, column 'subject_id': empty value" in text
     assert "row 3, column 'image': empty value" in text
+
+
+# ---------------------------------------------------------------- finished runs stay as they are
+@pytest.fixture(scope="module")
+def one_task_run(tmp_path_factory, tiny_manifest):
+    cfg = load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}", ONE_TASK,
+                             "train.epochs=1"])
+    run = tmp_path_factory.mktemp("finished") / "run"
+    run_study(cfg, run)
+    return run
+
+
+def test_refused_rerun_leaves_a_finished_runs_skipped_list_alone(tmp_path):
+    a = make_cohort(tmp_path / "a", n_subjects=24, seed=1)
+    b = make_cohort(tmp_path / "b", n_subjects=24, seed=2)
+    for cohort in (a, b):
+        (cohort.parent / "img" / "s003_0.png").write_bytes(b"not a photo")
+    (b.parent / "img" / "s007_0.png").write_bytes(b"not a photo either")
+    run = tmp_path / "runs" / "A"
+    args = ["study", "--out", str(run), "--skip-bad-images", "--max-jobs", "0",
+            *sum([["--set", o] for o in [*TINY_OVERRIDES, ONE_TASK]], [])]
+    assert CliRunner().invoke(app, [*args, "--data", str(a)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert "s003_0" in before["skipped_images.csv"].decode()
+    result = CliRunner().invoke(app, [*args, "--data", str(b)])
+    assert result.exit_code == 2 and "different data" in result.output
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_report_on_a_full_disk_keeps_the_previous_report_whole(one_task_run, monkeypatch):
+    before = {n: (one_task_run / n).read_bytes() for n in ("report.html", "results.json")}
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if Path(dst).name in before:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", full_disk)
+    result = CliRunner().invoke(app, ["report", str(one_task_run)])
+    assert result.exit_code == 2
+    assert "error: cannot write" in result.output and "No space left on device" in result.output
+    assert {n: (one_task_run / n).read_bytes() for n in before} == before
+    assert not list(one_task_run.glob(".*.tmp"))
+
+
+def test_export_never_replaces_an_existing_file_or_folder(one_task_run, tmp_path):
+    for target in (tmp_path / "important.zip", tmp_path / "folder"):
+        if target.suffix:
+            target.write_bytes(b"someone else's zip")
+        else:
+            target.mkdir()
+            (target / "keep.txt").write_text("keep")
+        result = CliRunner().invoke(app, ["export", str(one_task_run), "--task", "CH",
+                                          "--model", "test_resnet", "--out", str(target)])
+        assert result.exit_code == 2 and "already exists" in result.output
+    assert (tmp_path / "important.zip").read_bytes() == b"someone else's zip"
+    assert [p.name for p in (tmp_path / "folder").iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.skipif(resource is None or not hasattr(signal, "SIGXFSZ"),
+                    reason="needs POSIX file-size limits")
+def test_full_disk_while_writing_a_checkpoint_is_a_cannot_write_error(tiny_manifest, tmp_path,
+                                                                     monkeypatch):
+    """safetensors raises its own SafetensorError for a write that fails; a real failing
+    write (the file-size limit, EFBIG) must give the documented OutputError."""
+    real_save = files.save_file
+
+    def limited_save(tensors, path):
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+        try:
+            real_save(tensors, path)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, previous)
+
+    monkeypatch.setattr(files, "save_file", limited_save)
+    cfg = load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}", ONE_TASK,
+                             "train.epochs=1"])
+    with pytest.raises(OutputError, match=r"cannot write .*checkpoint\.safetensors: File too "
+                                          r"large"):
+        run_study(cfg, tmp_path / "run")
+    assert not list((tmp_path / "run").rglob("predictions.csv"))  # no job counted as done
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+    monkeypatch.setattr(files, "save_file", real_save)
+    assert run_study(cfg, tmp_path / "run") is not None
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--size", "100000"], "photo size must be between"),
+    (["--subjects", "1000000000"], "subjects must be between"),
+    (["--subjects", "10", "--photos", "1000000"], "cannot be spread"),
+    (["--contrast", "nan"], "contrast"),
+    (["--seed", "-1"], "--seed"),
+])
+def test_synth_refuses_absurd_settings_at_once(tmp_path, args, needle):
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "s"), *args])
+    assert result.exit_code == 2 and needle in result.output
+    assert time.perf_counter() - t0 < 10 and not (tmp_path / "s").exists()

@@ -143,7 +143,7 @@ def test_web_api_reports_angles_and_the_change_that_lowers_the_risk(estimator_st
 
     root, manifest = estimator_study
     bundle = load_bundle(export_bundle(root / "run", "CH", "angles", root / "b_web"))
-    client = TestClient(create_app([bundle]))
+    client = TestClient(create_app([bundle]), base_url="http://127.0.0.1")
     photo = next((manifest.parent / "images").glob("*.jpg")).read_bytes()
     r = client.post("/api/predict", content=photo, headers={"content-type": "image/jpeg"})
     assert r.status_code == 200, r.text

@@ -12,7 +12,8 @@ from posturescreen.data.manifest import ManifestError, load_manifest
 
 
 def _photo(path: Path, size=(20, 16), mode="RGB") -> str:
-    Image.new(mode, size, 128 if mode != "RGB" else (128, 64, 32)).save(path)
+    shade = sum(path.name.encode()) % 200  # distinct files have distinct content
+    Image.new(mode, size, shade if mode != "RGB" else (shade, 64, 32)).save(path)
     return path.name
 
 

@@ -142,7 +142,7 @@ def _jpeg_with_gps(size=(120, 90)) -> bytes:
 
 @pytest.fixture(scope="module")
 def client(bundle):
-    return TestClient(create_app([bundle], max_upload_bytes=200_000))
+    return TestClient(create_app([bundle], max_upload_bytes=200_000), base_url="http://127.0.0.1")
 
 
 def test_api_good_upload_and_docs(client):

@@ -22,6 +22,7 @@ from posturescreen.angles import measure
 from posturescreen.config import DataConfig
 from posturescreen.data.images import build_image_cache
 from posturescreen.data.manifest import load_manifest
+from posturescreen.files import atomic_write, atomic_write_csv
 from posturescreen.landmarks import landmark_names, row_points
 from posturescreen.pose import POINTS, POSE_DRAFT, PoseEstimator
 from posturescreen.poses import PoseRecorder, pose_table
@@ -131,3 +132,24 @@ def measure_agreement(manifest: Path, data: DataConfig, min_visibility: float = 
     hand = hand_angles(m.table)
     est = estimator_angles(pose, min_visibility)
     return agreement_table(hand, est), hand, est
+
+
+def formatted_agreement(table: pd.DataFrame) -> pd.DataFrame:
+    """The agreement table as printed: one text cell per value."""
+    return pd.DataFrame({
+        "angle": table["angle"], "n": table["n"].astype(str),
+        "bias": table["bias"].map("{:+.2f}".format), "MAE": table["mae"].map("{:.2f}".format),
+        "LoA": [f"{lo:+.1f} to {hi:+.1f}" for lo, hi in zip(table["loa_low"],
+                                                           table["loa_high"], strict=True)],
+        "ICC(2,1)": table["icc_2_1"].map("{:.3f}".format),
+        "r": table["pearson_r"].map("{:.3f}".format)})
+
+
+def write_agreement(out: Path, table: pd.DataFrame, hand: pd.DataFrame,
+                    estimator: pd.DataFrame) -> None:
+    """agreement.csv, the per-photo angles both ways and bland_altman.png in `out`."""
+    atomic_write_csv(out / "agreement.csv", table)
+    atomic_write_csv(out / "angles_hand.csv", hand.rename_axis("row").reset_index())
+    atomic_write_csv(out / "angles_estimator.csv", estimator.rename_axis("row").reset_index())
+    fig = bland_altman_figure(bland_altman_pairs(hand, estimator))
+    atomic_write(out / "bland_altman.png", lambda p: fig.savefig(p, format="png", dpi=110))

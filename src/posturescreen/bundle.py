@@ -21,10 +21,17 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
@@ -59,10 +66,14 @@ class _Meta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class BundlePreprocessing(_Meta):
     input_size: int = Field(ge=16, le=2048)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[_Finite, _Finite, _Finite]
+    std: tuple[_Positive, _Positive, _Positive]
     interpolation: Literal["bicubic", "bilinear", "nearest", "lanczos"]
     resize: str = "letterbox (aspect kept, padded to square)"
     decode_size: int | None = Field(None, ge=16, le=4096)
@@ -189,6 +200,14 @@ class BundleMetadata(_Meta):
     metrics: list[dict[str, Any]] = Field(default_factory=list)
     folds: list[BundleFold] = Field(min_length=1, max_length=50)
 
+    @field_validator("folds")
+    @classmethod
+    def _distinct_folds(cls, folds: list[BundleFold]) -> list[BundleFold]:
+        files = [f.file for f in folds if f.file is not None]
+        if len({f.fold for f in folds}) < len(folds) or len(set(files)) < len(files):
+            raise ValueError("each fold (number and file) may appear once")
+        return folds
+
     @model_validator(mode="after")
     def _parts_for_kind(self) -> BundleMetadata:
         needs_cnn = self.kind in ("cnn", "fusion")
@@ -274,7 +293,7 @@ def read_metadata(path: Path, shown: Path) -> BundleMetadata:
         raw = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
         raise BundleError(f"{shown}: {METADATA} is not UTF-8 text") from e
-    except json.JSONDecodeError as e:
+    except (RecursionError, ValueError) as e:  # JSONDecodeError, a 5000-digit number, ...
         raise BundleError(f"{shown}: {METADATA} is not valid JSON ({e})") from e
     if not isinstance(raw, dict):
         raise BundleError(f"{shown}: {METADATA} must be a JSON object")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from posturescreen.agreement import bland_altman_figure, bland_altman_pairs, measure_agreement
+from posturescreen.agreement import formatted_agreement, measure_agreement, write_agreement
 from posturescreen.bundle import load_bundle
 from posturescreen.config import DataConfig, load_config
 from posturescreen.data.manifest import load_manifest
@@ -29,7 +30,6 @@ from posturescreen.demo import demo_cohort, demo_config
 from posturescreen.errors import PostureScreenError
 from posturescreen.explain import enrichment_table, explain_run
 from posturescreen.export import export_bundle
-from posturescreen.files import atomic_write, atomic_write_csv
 from posturescreen.pipeline import run_study
 from posturescreen.predict import collect_photos, predict_files, write_predictions
 from posturescreen.progress import progress_bar
@@ -38,6 +38,7 @@ from posturescreen.report.tracking import log_to_mlflow
 from posturescreen.results import print_results
 from posturescreen.runfolder import cam_dir
 from posturescreen.web.app import create_app
+from posturescreen.web.hosts import allowed_hosts
 
 console = Console()
 err_console = Console(stderr=True)
@@ -106,7 +107,8 @@ def study(
     max_jobs: Annotated[
         int | None,
         typer.Option(
-            "--max-jobs", help="stop after this many jobs (resume later with the same command)"
+            "--max-jobs", min=0,
+            help="stop after this many jobs (resume later with the same command)",
         ),
     ] = None,
 ) -> None:
@@ -182,19 +184,14 @@ def agreement(
              "<name>_y for ear, c7 or shoulder, hip, ...) and by the estimator")
     t = Table(title="estimator vs hand-placed landmarks", title_justify="left",
               caption="bias = estimator − hand; LoA: Bland–Altman 95% limits of agreement")
-    for col in ("angle", "n", "bias", "MAE", "LoA", "ICC(2,1)", "r"):
+    rows = formatted_agreement(table)
+    for col in rows.columns:
         t.add_column(col)
-    for r in table.itertuples():
-        t.add_row(r.angle, str(r.n), f"{r.bias:+.2f}", f"{r.mae:.2f}",
-                  f"{r.loa_low:+.1f} to {r.loa_high:+.1f}", f"{r.icc_2_1:.3f}",
-                  f"{r.pearson_r:.3f}")
+    for r in rows.itertuples(index=False):
+        t.add_row(*r)
     console.print(t)
     if out is not None:
-        atomic_write_csv(out / "agreement.csv", table)
-        atomic_write_csv(out / "angles_hand.csv", hand.rename_axis("row").reset_index())
-        atomic_write_csv(out / "angles_estimator.csv", est.rename_axis("row").reset_index())
-        fig = bland_altman_figure(bland_altman_pairs(hand, est))
-        atomic_write(out / "bland_altman.png", lambda p: fig.savefig(p, format="png", dpi=110))
+        write_agreement(out, table, hand, est)
         console.print(f"written: {out.resolve()}")
 
 
@@ -202,7 +199,8 @@ def agreement(
 def synth(
     out: Annotated[Path, typer.Option("--out", help="folder to write the cohort into")],
     subjects: Annotated[int, typer.Option(help="workers (531: the paper's exact counts)")] = 531,
-    seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes")] = 0,
+    seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes",
+                                      min=0, max=2**32 - 1)] = 0,
     size: Annotated[int, typer.Option(help="photo size in pixels (square)")] = 384,
     photos: Annotated[
         int | None, typer.Option(help="number of photos (default: the paper's 904/531 per worker)")
@@ -350,21 +348,35 @@ def serve(
     model: Annotated[list[Path], typer.Option("--model", help="bundle (repeat for several)")],
     host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean it")
                     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 8000,
+    port: Annotated[int, typer.Option(help="port", min=0, max=65535)] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload")] = 20.0,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="a host name clients use to reach the server (repeat; loopback "
+                             "names are always allowed; '*' allows any)")] = None,
+    upload_timeout: Annotated[float, typer.Option(
+        help="seconds a client may take to send a photo")] = 30.0,
     blur_faces: Annotated[bool, typer.Option(
         help="blur faces in the pictures the page returns (--no-blur-faces: internal use)")
     ] = True,
 ) -> None:
-    """A local web page (and JSON API, docs at /docs) to screen one photo at a time.
-    Uploads stay in memory and are never written to disk."""
+    """A local web page (and JSON API, described at /openapi.json) to screen one photo at a
+    time. Uploads stay in memory and are never written to disk."""
+    if not 0 < max_upload_mb <= 1024 or not 0 < upload_timeout <= 3600:
+        fail("--max-upload-mb must be in (0, 1024] and --upload-timeout in (0, 3600] seconds")
+    hosts = allowed_hosts(host, allow_host or [])
     bundles = [load_bundle(m) for m in model]
     if host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(f"[yellow]serving on {host}: reachable from other machines[/yellow]")
+        err_console.print(f"[yellow]serving on {host}: reachable from other machines; "
+                          f"accepted Host names: {', '.join(hosts)}[/yellow]")
     import uvicorn  # the server only when serving
 
-    uvicorn.run(create_app(bundles, int(max_upload_mb * 2**20), blur_faces), host=host,
-                port=port, log_level="info")
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["posturescreen"] = {"handlers": ["default"], "level": "INFO",
+                                              "propagate": False}
+    uvicorn.run(create_app(bundles, int(max_upload_mb * 2**20), hosts, upload_timeout,
+                          blur_faces),
+                host=host, port=port, log_level="info", log_config=log_config)
+
 
 
 @app.command()

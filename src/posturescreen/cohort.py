@@ -18,10 +18,16 @@ from rich.table import Table
 from posturescreen import runfolder as rf
 from posturescreen.config import StudyConfig
 from posturescreen.data.images import ImageCache, build_image_cache
-from posturescreen.data.manifest import Manifest, ManifestError, Problem, load_manifest
+from posturescreen.data.manifest import (
+    Manifest,
+    ManifestError,
+    Problem,
+    find_duplicates,
+    load_manifest,
+)
 from posturescreen.files import atomic_write_csv, atomic_write_text, ensure_writable_dir
 from posturescreen.folds import outer_folds
-from posturescreen.models import Preprocessing, decode_sizes, preprocessing_for
+from posturescreen.models import Preprocessing, build_model, decode_sizes, preprocessing_for
 from posturescreen.pose import POSE_DRAFT, PoseEstimator
 from posturescreen.poses import (
     PoseRecorder,
@@ -67,8 +73,14 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
     run_dir = Path(run_dir)
     rf.check_run_folder(run_dir, cfg, None)
     ensure_writable_dir(run_dir)
+    _check_weights(cfg)
 
-    manifest = load_manifest(cfg.data.manifest, cfg.data, allow_bad_images=True)
+    manifest = load_manifest(cfg.data.manifest, cfg.data, allow_bad_images=True,
+                             allow_duplicates=True)
+    if cfg.data.duplicate_photos == "refuse":  # one file under two spellings: before decoding
+        same_file = find_duplicates(manifest.table, cfg.data.image_column)[0]
+        if same_file:
+            raise ManifestError(Path(cfg.data.manifest), [*same_file, _DUPLICATES_HINT])
     preprocessing = {m.name: preprocessing_for(m.name, m.image_size) for m in cfg.cnn_models()}
     sizes = decode_sizes(cfg.models)
     columns = list(manifest.table.columns)
@@ -94,7 +106,7 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
     data_hash = h.hexdigest()[:16]
     rf.check_run_folder(run_dir, cfg, data_hash)
     # only now may the run folder change: a refused run never touches a finished one
-    table = _drop_bad_images(manifest, cache, cfg, run_dir, console)
+    table = _drop_unusable_rows(manifest, cache, cfg, run_dir, console)
 
     cohort = _build_cohort(table, cfg)
     if not (run_dir / rf.CONFIG).exists():  # a resumed run keeps its original record
@@ -140,41 +152,53 @@ def _print_counts(counts: pd.DataFrame, console: Console) -> None:
     console.print(t)
 
 
-def _drop_bad_images(
+_DUPLICATES_HINT = Problem(
+    "the study stops on a photo listed twice (it could be tested by a model trained on it); "
+    "remove the extra rows, or set data.duplicate_photos: keep_first")
+
+
+def _check_weights(cfg: StudyConfig) -> None:
+    """Load every model's starting weights once now: a garbage or misfitting weights file
+    stops the study before config.yaml is written, so the corrected config is accepted."""
+    for m in cfg.cnn_models():
+        if m.pretrained != "none":
+            build_model(m.name, m.pretrained)
+
+
+def _drop_unusable_rows(
     manifest: Manifest, cache: ImageCache, cfg: StudyConfig, run_dir: Path, console: Console
 ) -> pd.DataFrame:
-    table = manifest.table
+    """Stop on unreadable or repeated photos, or (as the config says) leave them out and
+    list them in skipped_images.csv."""
+    table, image_col = manifest.table, cfg.data.image_column
     bad = {**manifest.bad_images, **cache.errors}
-    if not bad:
+    readable = table.drop(index=list(bad))
+    dupe_problems, repeated = find_duplicates(
+        readable, image_col, [cache.sha256[i] for i in readable.index])
+    refused: list[Problem] = []
+    if bad and not cfg.data.skip_bad_images:
+        refused += [Problem(msg, int(table.at[i, "row"]), image_col)
+                    for i, msg in sorted(bad.items())]
+        refused.append(Problem(
+            "the study stops before training on unreadable photos; fix or remove them, or "
+            "rerun with --skip-bad-images to train without them"))
+    if dupe_problems and cfg.data.duplicate_photos == "refuse":
+        refused += [*dupe_problems, _DUPLICATES_HINT]
+    if refused:
+        raise ManifestError(Path(cfg.data.manifest or ""), refused)
+    left_out = {**bad, **repeated}
+    if not left_out:
         return table
-    problems = [
-        Problem(msg, int(table.at[i, "row"]), cfg.data.image_column)
-        for i, msg in sorted(bad.items())
-    ]
-    if not cfg.data.skip_bad_images:
-        raise ManifestError(
-            Path(cfg.data.manifest),
-            problems
-            + [
-                Problem(
-                    "the study stops before training on unreadable photos; fix or remove them, or "
-                    "rerun with --skip-bad-images to train without them"
-                )
-            ],
-        )
-    skipped = pd.DataFrame(
-        {
-            "row": [p.row for p in problems],
-            "image": [table.at[i, cfg.data.image_column] for i in sorted(bad)],
-            "problem": [p.message for p in problems],
-        }
-    )
+    index = sorted(left_out)
+    skipped = pd.DataFrame({"row": [int(table.at[i, "row"]) for i in index],
+                            "image": [table.at[i, image_col] for i in index],
+                            "problem": [left_out[i] for i in index]})
     atomic_write_csv(run_dir / rf.SKIPPED_IMAGES, skipped)
     console.print(
-        f"[yellow]skipping {len(bad)} unreadable photo(s); listed in "
+        f"[yellow]leaving out {len(index)} unreadable or repeated photo(s); listed in "
         f"{run_dir / rf.SKIPPED_IMAGES}[/yellow]"
     )
-    return table.drop(index=sorted(bad))
+    return table.drop(index=index)
 
 
 def _build_cohort(table: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,11 +20,17 @@ from pydantic import (
     model_validator,
 )
 
-from posturescreen.errors import PostureScreenError
+from posturescreen.errors import ConfigError
+from posturescreen.overrides import (
+    apply_model_override,
+    format_validation_error,
+    parse_override,
+    set_dotted,
+)
+from posturescreen.query import parse_query
+from posturescreen.safe_yaml import YamlInputError, read_yaml_file
 
-
-class ConfigError(PostureScreenError, ValueError):
-    """A config file or override that cannot be used; the message names the field."""
+__all__ = ["ConfigError", "StudyConfig", "load_config", "parse_override"]
 
 
 class _Strict(BaseModel):
@@ -44,14 +49,27 @@ class DataConfig(_Strict):
     skip_bad_images: bool = Field(
         False, description="train without unreadable photos (listed in the run) instead of stopping"
     )
+    duplicate_photos: Literal["refuse", "keep_first"] = Field(
+        "refuse",
+        description="a photo listed twice (same file, or same bytes under another name): "
+        "refuse, or keep its first row and list the others in skipped_images.csv",
+    )
+
+
+def _check_query(text: str | None) -> str | None:
+    if text is not None:
+        parse_query(text)  # QueryError is a ValueError: pydantic names the field
+    return text
 
 
 class TaskConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_+\-]+$")
-    positive: str = Field(description="pandas query selecting the positive photos")
+    positive: str = Field(description="query selecting the positive photos (README: Tasks)")
     negative: str | None = Field(
-        None, description="pandas query selecting the negatives; default from `negatives`"
+        None, description="query selecting the negatives; default from `negatives`"
     )
+
+    _queries = field_validator("positive", "negative")(_check_query)
 
 
 class ModelConfig(_Strict):
@@ -212,14 +230,15 @@ PAPER_MODELS = [
 
 
 class StudyConfig(_Strict):
-    name: str = "study"
-    seed: int = 0
+    name: str = Field("study", max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+\- ]*$",
+                      description="the default run folder is runs/<name>")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="0 … 2^32−1 (NumPy's seed range)")
     data: DataConfig = Field(default_factory=DataConfig)
     tasks: list[TaskConfig] = Field(default_factory=lambda: [t.model_copy() for t in PAPER_TASKS])
     negatives: Literal["controls", "rest"] = Field(
         "controls", description="default negatives: controls (query below) or everyone else"
     )
-    controls: str = Field("ch == 0 and nsp == 0", description="pandas query for controls")
+    controls: str = Field("ch == 0 and nsp == 0", description="query selecting controls")
     models: list[ModelConfig] = Field(
         default_factory=lambda: [m.model_copy() for m in PAPER_MODELS]
     )
@@ -235,6 +254,8 @@ class StudyConfig(_Strict):
         default_factory=list, max_length=10,
         description="sensitivity analyses: each an override (e.g. negatives=rest) run as a "
         "second study in <run>/sensitivity/ and reported beside the main results")
+
+    _controls_query = field_validator("controls")(_check_query)
 
     @model_validator(mode="after")
     def _unique_names(self) -> StudyConfig:
@@ -288,60 +309,6 @@ class StudyConfig(_Strict):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (typo?)"
-        lines.append(
-            f"  {loc}: {msg}"
-            + (
-                f" (got {e['input']!r})"
-                if "input" in e
-                and e["type"] != "extra_forbidden"
-                and not isinstance(e["input"], dict)
-                else ""
-            )
-        )
-    return "\n".join(lines)
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
-    node[keys[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`train.epochs=3` -> ("train.epochs", 3); the value is read as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.path=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
-    return key.strip(), value
-
-
-def _apply_model_override(tree: dict[str, Any], key: str, value: Any) -> None:
-    # `models.pretrained=none` sets it on every model; handy for offline runs of paper.yaml
-    models = tree.get("models")
-    if models is None:
-        models = [m.model_dump(mode="json") for m in PAPER_MODELS]
-        tree["models"] = models
-    cnn_only = key in ("pretrained", "image_size")
-    for m in models:
-        if isinstance(m, dict) and not (cnn_only and m.get("kind", "cnn") != "cnn"):
-            m[key] = value
-
-
 def load_config(
     path: Path | None = None,
     overrides: list[str] | None = None,
@@ -352,31 +319,31 @@ def load_config(
     if path is not None:
         source = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file not found: {path}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+            loaded = read_yaml_file(Path(path))
+        except YamlInputError as e:
+            raise ConfigError(f"config file {path}: {e}") from e
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must be a mapping of keys to values")
         tree.update(loaded)
         # relative manifest paths in a config file are relative to that file
-        manifest = (tree.get("data") or {}).get("manifest")
-        if manifest and not Path(manifest).is_absolute():
+        data = tree.get("data")
+        manifest = data.get("manifest") if isinstance(data, dict) else None
+        if isinstance(manifest, str) and manifest and not Path(manifest).is_absolute():
             tree["data"]["manifest"] = str((Path(path).parent / manifest).resolve())
     for text in overrides or []:
         key, value = parse_override(text)
         if key.startswith("models.") and key.count(".") == 1:
-            _apply_model_override(tree, key.split(".", 1)[1], value)
+            apply_model_override(tree, key.split(".", 1)[1], value,
+                                 [m.model_dump(mode="json") for m in PAPER_MODELS])
         else:
-            _set_dotted(tree, key, value)
-        source += f" + {text}"
+            set_dotted(tree, key, value)
+        source += f" + {text if len(text) <= 80 else text[:80] + '…'}"
     try:
         cfg = StudyConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source)) from e
+        raise ConfigError(format_validation_error(e, source)) from e
     for override in cfg.sensitivity:  # each must make a valid study too, checked now
         try:
             cfg.variant(override)

@@ -15,3 +15,7 @@ class MissingExtraError(PostureScreenError):
     def __init__(self, what: str, extra: str, package: str):
         super().__init__(f"{what} needs the optional package {package!r}, which is not "
                          f"installed: pip install 'posturescreen[{extra}]'")
+
+
+class ConfigError(PostureScreenError, ValueError):
+    """A config file or override that cannot be used; the message names the field."""

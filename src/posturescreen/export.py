@@ -32,7 +32,7 @@ from posturescreen.bundle import (
     OperatingPoint,
 )
 from posturescreen.config import ModelConfig, StudyConfig
-from posturescreen.files import atomic_write
+from posturescreen.files import OutputError, atomic_write
 from posturescreen.metrics import binary_metrics
 from posturescreen.models import sha256_file
 
@@ -168,7 +168,10 @@ def export_bundle(run_dir: Path, task: str, model: str, out: Path) -> Path:
         training_cohort=counts.drop(columns="task").to_dict(orient="records"),
         metrics=metrics.drop(columns=["task", "model"]).to_dict(orient="records"),
         folds=[fold for fold, _, _ in parts])
-    _write(out, metadata, [(fold, weights) for fold, weights, _ in parts])
+    try:
+        _write(out, metadata, [(fold, weights) for fold, weights, _ in parts])
+    except OSError as e:  # a full disk, a read-only folder: the staged copy is gone already
+        raise OutputError(e.errno, f"cannot write {out}: {e.strerror or e}") from e
     return out
 
 

@@ -3,12 +3,17 @@ half-written artefact that a rerun would trust."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from posturescreen.errors import PostureScreenError
 
@@ -59,6 +64,27 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_csv(path: Path, table: pd.DataFrame) -> None:
     atomic_write(path, lambda p: table.to_csv(p, index=False))
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def atomic_write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """atomic_write of a safetensors file. safetensors reports a full disk as its own
+    SafetensorError ("... (os error 28)"), not OSError: it becomes the same `cannot write`
+    OutputError as any other file."""
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(dict(tensors), str(tmp))
+        except SafetensorError as e:
+            found = _OS_ERROR.search(str(e))
+            if found is None:
+                raise OSError(errno.EIO, str(e)) from e
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code)) from e
+
+    atomic_write(path, write)
 
 
 def ensure_writable_dir(path: Path) -> None:

@@ -24,12 +24,11 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
-from safetensors.torch import save_file
 
 from posturescreen import runfolder as rf
 from posturescreen.cohort import StudyContext
 from posturescreen.config import ModelConfig, StudyConfig
-from posturescreen.files import atomic_write, atomic_write_csv, atomic_write_text
+from posturescreen.files import atomic_write_csv, atomic_write_safetensors, atomic_write_text
 from posturescreen.linearjobs import fit_angle_job, fit_fusion_job
 from posturescreen.models import build_model
 from posturescreen.progress import progress_bar
@@ -150,9 +149,8 @@ def _train_cnn(ctx: StudyContext, job: Job, model_cfg: ModelConfig, split: FoldS
                         reporter, pretrained=weights.source != "none")
     out = job.directory(ctx.run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(
-        out / rf.CHECKPOINT,
-        lambda p: save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(p)),
+    atomic_write_safetensors(
+        out / rf.CHECKPOINT, {k: v.contiguous() for k, v in result.state_dict.items()}
     )
     atomic_write_csv(out / rf.TRAIN_LOG, result.history)
     info = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import pickle
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -184,7 +185,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsUnavailableError(f"{path}: not a readable weights file ({e})") from e
+        # torch's own message is a page long and suggests weights_only=False: never do that
+        reason = ("not a checkpoint of plain tensors; Python objects in a weights file are "
+                  "never loaded, save it as .safetensors" if isinstance(e, pickle.UnpicklingError)
+                  else str(e).splitlines()[0][:200])
+        raise WeightsUnavailableError(f"{path}: not a readable weights file ({reason})") from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

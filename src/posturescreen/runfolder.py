@@ -7,7 +7,7 @@ runs/<name>/
   config.yaml            resolved config + versions, config fingerprint, data hash
   cohort.csv             validated manifest + label_<task>, fold_<task> per photo
   class_counts.csv       subjects and photos per class per task
-  skipped_images.csv     unreadable photos left out (only with --skip-bad-images)
+  skipped_images.csv     photos left out: unreadable (--skip-bad-images) or repeated (keep_first)
   pose.csv, angles.csv   estimator points and boxes; posture angles (landmark source named)
   no_person.csv          photos where no person was found (kept: whole scene, NaN angles)
   <task>/<model>/fold<k>/

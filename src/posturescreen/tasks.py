@@ -1,8 +1,9 @@
 """Tasks: which photos are positives and negatives, from manifest columns.
 
-A task is two pandas queries over the manifest. The paper's three tasks are the default
-(CH, NSP, CH+NSP, each vs controls = neither condition); any study can define its own,
-e.g. positive `posture == "bad"`, negative `posture == "good"`.
+A task is two queries over the manifest (`query.py`: a small language read as data, never
+run as code). The paper's three tasks are the default (CH, NSP, CH+NSP, each vs controls =
+neither condition); any study can define its own, e.g. positive `posture == "bad"`,
+negative `posture == "good"`.
 """
 
 from __future__ import annotations
@@ -10,21 +11,14 @@ from __future__ import annotations
 import pandas as pd
 
 from posturescreen.config import ConfigError, StudyConfig, TaskConfig
+from posturescreen.query import QueryError, evaluate, parse_query
 
 
 def _query_mask(table: pd.DataFrame, task: TaskConfig, which: str, expr: str) -> pd.Series:
     try:
-        mask = table.eval(expr, engine="python")
-    except Exception as e:  # pandas raises many types for a bad expression
-        raise ConfigError(
-            f"task {task.name!r}: {which} query {expr!r} cannot be evaluated on the manifest "
-            f"({type(e).__name__}: {e}); columns are: {', '.join(map(str, table.columns))}"
-        ) from e
-    if not isinstance(mask, pd.Series) or mask.dtype != bool:
-        raise ConfigError(
-            f"task {task.name!r}: {which} query {expr!r} must give True/False per photo"
-        )
-    return mask
+        return evaluate(parse_query(expr), table)
+    except QueryError as e:
+        raise ConfigError(f"task {task.name!r}: {which} {e}") from e
 
 
 def task_labels(table: pd.DataFrame, cfg: StudyConfig, task: TaskConfig) -> pd.Series:

@@ -24,6 +24,10 @@ from posturescreen.errors import PostureScreenError
 if Image.MAX_IMAGE_PIXELS is None:  # someone disabled it globally; restore the default
     Image.MAX_IMAGE_PIXELS = 89_478_485
 
+# The only formats a photo may be in; Pillow's other plugins are never tried (EPS, for one,
+# would hand the bytes to Ghostscript). JPEG includes phones' multi-picture JPEGs (MPO).
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -65,7 +69,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
             width, height = img.size
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: 90° turns
                 width, height = height, width
@@ -78,7 +82,8 @@ def decode_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageReadError(f"{name}: refused as a possible decompression bomb ({e})") from e
     except UnidentifiedImageError as e:
-        raise ImageReadError(f"{name}: not a readable image (unknown or corrupt format)") from e
+        raise ImageReadError(f"{name}: not a readable image (unknown or corrupt format; "
+                             f"accepted: {', '.join(PHOTO_FORMATS)})") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from e
 

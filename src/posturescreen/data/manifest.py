@@ -5,10 +5,14 @@ Rows are numbered as in a spreadsheet: the header is row 1, the first photo row 
 
 from __future__ import annotations
 
+import csv
 import io
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from posturescreen.config import DataConfig
@@ -79,6 +83,9 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame | None, list[Problem]]:
         ]
     if not text.strip():
         return None, [Problem("empty manifest (no header, no rows)")]
+    repeated = _repeated_header_names(text)
+    if repeated:
+        return None, repeated
     try:
         table = pd.read_csv(
             io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True
@@ -89,6 +96,20 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame | None, list[Problem]]:
     if table.empty:
         return None, [Problem("the manifest has a header but no photo rows")]
     return table, []
+
+
+def _repeated_header_names(text: str) -> list[Problem]:
+    """pandas would silently rename a second `ch` to `ch.1`; name it instead."""
+    try:
+        header = [name.strip() for name in next(csv.reader(io.StringIO(text)))]
+    except (csv.Error, StopIteration):
+        return []  # pandas reports a broken header
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(header, start=1):
+        positions.setdefault(name, []).append(i)
+    return [Problem(f"column {name!r} appears more than once in the header (columns "
+                    f"{', '.join(map(str, where))}); rename or remove the extra one", 1)
+            for name, where in positions.items() if len(where) > 1]
 
 
 def _parse_label(value: str) -> int | None:
@@ -131,13 +152,16 @@ def load_manifest(
     check_images: bool = False,
     required_labels: bool = True,
     allow_bad_images: bool = False,
+    allow_duplicates: bool = False,
 ) -> Manifest:
     """Read and validate a manifest. Raises ManifestError listing every problem.
 
     `check_images` decodes every photo (slow; what `posturescreen validate` does). Without
     it only existence is checked here, and decoding errors surface when the study caches
     the photos. With `allow_bad_images` missing/unreadable photos are returned in
-    `bad_images` instead of raising (the study decides: stop, or skip and report).
+    `bad_images` instead of raising (the study decides: stop, or skip and report). A
+    photo listed twice is a problem unless `allow_duplicates` (the caller then decides,
+    with `find_duplicates`).
     """
     path = Path(path)
     data = data or DataConfig()
@@ -175,44 +199,22 @@ def load_manifest(
             )
         table[col] = parsed.astype("Int64")
 
-    named = table[table[image_col] != ""]
-    dupes = named[named.duplicated(image_col, keep=False)]
-    for image, group in dupes.groupby(image_col, sort=False):
-        rows = ", ".join(str(r) for r in group["row"])
-        problems.append(
-            Problem(
-                f"photo {image!r} is listed more than once (rows {rows})",
-                int(group["row"].iloc[1]),
-                image_col,
-            )
-        )
-
     for col in label_cols:
-        valid = table[table[col].notna() & (table[subject_col] != "")]
-        per_subject = valid.groupby(subject_col)[col].nunique()
-        for subject in per_subject.index[per_subject > 1]:
-            rows = valid.loc[valid[subject_col] == subject, ["row", col]]
-            detail = ", ".join(f"row {r}={v}" for r, v in rows.itertuples(index=False))
-            problems.append(
-                Problem(
-                    f"subject {subject!r} has conflicting labels ({detail})",
-                    int(rows["row"].iloc[0]),
-                    col,
-                )
-            )
+        problems += _conflicting_labels(table, subject_col, col)
 
     manifest_dir = path.resolve().parent
     table["image_path"] = [
         str(resolve_image_path(manifest_dir, v)) if v else "" for v in table[image_col]
     ]
     bad_images: dict[int, str] = {}
+    digests: list[str | None] = [None] * len(table)
     for i, p in zip(table.index, table["image_path"], strict=True):
         if not p:
             continue
         err = _check_image_file(Path(p))
         if err is None and check_images:
             try:
-                read_image_file(Path(p), draft_size=512)
+                digests[i] = read_image_file(Path(p), draft_size=512)[2]
             except ImageReadError as e:
                 err = str(e)
         if err:
@@ -220,12 +222,82 @@ def load_manifest(
     if not allow_bad_images:
         problems += [Problem(m, row_number(i), image_col) for i, m in bad_images.items()]
         bad_images = {}
+    if not allow_duplicates:
+        problems += find_duplicates(table, image_col, digests if check_images else None)[0]
 
     if problems:
         problems.sort(key=lambda p: p.row or 0)
         raise ManifestError(path, problems)
     for col in label_cols:
         table[col] = table[col].astype(int)
-    for col in table.columns.difference([subject_col, image_col, "row", "image_path", *label_cols]):
+    ids = [subject_col, image_col, data.site_column]  # ids stay text: `001` is not `1`
+    for col in table.columns.difference([*ids, "row", "image_path", *label_cols]):
         table[col] = _numeric_if_possible(table[col])
     return Manifest(path=path, table=table, data=data, bad_images=bad_images)
+
+
+def _conflicting_labels(table: pd.DataFrame, subject_col: str, col: str) -> list[Problem]:
+    """One problem per subject whose photos disagree on `col` (vectorised: 100k rows in
+    well under a second)."""
+    valid = table[table[col].notna() & (table[subject_col] != "")]
+    per_subject = valid.groupby(subject_col, sort=False)[col].nunique()
+    conflicted = valid[valid[subject_col].isin(per_subject.index[per_subject > 1])]
+    if conflicted.empty:
+        return []
+    codes, subjects = pd.factorize(conflicted[subject_col])  # first-appearance order
+    order = np.argsort(codes, kind="stable")
+    cells = ("row " + conflicted["row"].astype(str) + "=" + conflicted[col].astype(str)
+             ).to_numpy()[order]
+    first_rows = conflicted["row"].to_numpy()[order]
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    problems = []
+    for subject, group, rows in zip(subjects, np.split(cells, bounds),
+                                    np.split(first_rows, bounds), strict=True):
+        shown = ", ".join(group[:10]) + (", …" if len(group) > 10 else "")
+        problems.append(Problem(f"subject {subject!r} has conflicting labels ({shown})",
+                                int(rows[0]), col))
+    return problems
+
+
+def _groups(keys: pd.Series) -> list[list[int]]:
+    """Table indexes of rows that share a key (in row order); empty keys never match."""
+    keys = keys[keys.notna() & (keys != "")]
+    repeated = keys[keys.duplicated(keep=False)]
+    return [list(g.index) for _, g in repeated.groupby(repeated, sort=False)]
+
+
+def find_duplicates(
+    table: pd.DataFrame, image_col: str, digests: Sequence[str | None] | None = None
+) -> tuple[list[Problem], dict[int, str]]:
+    """Photos listed more than once: the same file under any spelling (`img/a.png`,
+    `./img/a.png`, a symlink, the absolute path) and, given each photo's sha256, the same
+    bytes under another name. Returns one problem per group naming all its rows, and the
+    later rows of each group (index -> why), which `keep_first` leaves out."""
+    real = pd.Series([os.path.realpath(p) if p else "" for p in table["image_path"]],
+                     index=table.index)
+    problems: list[Problem] = []
+    later: dict[int, str] = {}
+
+    def report(group: list[int], same_bytes: bool) -> None:
+        rows = [int(table.at[i, "row"]) for i in group]
+        names = list(dict.fromkeys(str(table.at[i, image_col]) for i in group))
+        listed = ", ".join(map(str, rows[:10])) + (", …" if len(rows) > 10 else "")
+        if same_bytes:
+            text = (f"photos {', '.join(map(repr, names[:4]))} are identical files (same "
+                    f"bytes; rows {listed})")
+        else:
+            also = f", also as {', '.join(map(repr, names[1:4]))}" if len(names) > 1 else ""
+            text = f"photo {names[0]!r} is listed more than once (rows {listed}{also})"
+        problems.append(Problem(text, rows[1], image_col))
+        for i in group[1:]:
+            later[i] = (f"same photo as row {rows[0]} ({names[0]!r})"
+                        + (", identical bytes" if same_bytes else ""))
+
+    for group in _groups(real):
+        report(group, same_bytes=False)
+    if digests is not None:
+        firsts = real.index.difference(list(later))  # one row per file
+        content = pd.Series(list(digests), index=table.index, dtype=object)[firsts]
+        for group in _groups(content):
+            report(group, same_bytes=True)
+    return problems, later

@@ -168,7 +168,7 @@ def _explain_model(run_dir: Path, task: str, mcfg: ModelConfig, images: _RunImag
 def _explain_fold(run_dir: Path, job: Job, mcfg: ModelConfig, prep, images: _RunImages,
                   method: str, out: Path, write_overlays: bool, acc: _Accumulator) -> None:
     job_dir = job.directory(run_dir)
-    preds = pd.read_csv(job_dir / rf.PREDICTIONS)
+    preds = pd.read_csv(job_dir / rf.PREDICTIONS, dtype={"image": str})
     model, _ = build_model(mcfg.name, "none")
     model.load_state_dict(load_file(str(job_dir / rf.CHECKPOINT)))
     pos = np.array([images.position[int(r)] for r in preds["row"]])

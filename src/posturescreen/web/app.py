@@ -2,11 +2,15 @@
 functions as the CLI.
 
 Safety: the photo is read from the request body into memory (never a temporary file),
-with a size limit checked while streaming; its content is sniffed by decoding it, never
-trusted by name or header; decompression bombs are refused; only the decoded pixels are
-used and nothing of the original file (EXIF, GPS included) is returned or kept; nothing in
-a request names a file path. Predictions run one at a time on one model thread: Grad-CAM
-hooks the shared models.
+with a size limit checked while streaming and a time limit for the whole body (a slow
+client cannot hold the server); its content is sniffed by decoding it with the photo
+formats' decoders only (data/images.PHOTO_FORMATS), never trusted by name or header;
+decompression bombs are refused; only the decoded pixels are used and nothing of the
+original file (EXIF, GPS included) is returned or kept; nothing in a request names a file
+path. Requests whose Host header is not allowed (loopback names by default) are refused:
+a web page elsewhere cannot reach this server through DNS rebinding. No Swagger UI: it
+loads its scripts from a CDN; /openapi.json describes the API. Predictions run one at a
+time on one model thread: Grad-CAM hooks the shared models.
 """
 
 from __future__ import annotations
@@ -14,22 +18,29 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 from PIL import Image
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
 from posturescreen import __version__
 from posturescreen.bundle import Bundle
-from posturescreen.data.images import ImageReadError, decode_image
+from posturescreen.data.images import PHOTO_FORMATS, ImageReadError, decode_image
 from posturescreen.metrics import format_estimate
 from posturescreen.pose import PoseEstimator
 from posturescreen.predict import PredictionResult, decode_for_bundles, predict_image
+from posturescreen.web.hosts import LOOPBACK_HOSTS
 
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
+UPLOAD_MIME_TYPES = tuple(f"image/{f.lower()}" for f in PHOTO_FORMATS)
+log = logging.getLogger("posturescreen.web")
 
 
 class TaskResult(PredictionResult):
@@ -70,22 +81,31 @@ def _auc_text(bundle: Bundle) -> str | None:
     for m in bundle.metadata.metrics:
         if (m.get("metric") == "AUC" and m.get("ci_kind") == "bootstrap"
                 and m.get("level", "photo") == "photo"):
-            return format_estimate(*(float("nan") if m.get(k) is None else float(m[k])
-                                     for k in ("estimate", "ci_low", "ci_high")))
+            try:  # metrics are free-form in metadata.json: informative, never trusted
+                return format_estimate(*(float("nan") if m.get(k) is None else float(m[k])
+                                         for k in ("estimate", "ci_low", "ci_high")))
+            except (TypeError, ValueError):
+                return None
     return None
 
 
 def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20,
-               blur_faces: bool = True) -> FastAPI:
-    app = FastAPI(title="posturescreen", version=__version__,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+               upload_timeout_s: float = 30.0, blur_faces: bool = True) -> FastAPI:
+    """The page and API. `allowed_hosts`: Host header names accepted (`*` for any);
+    `upload_timeout_s`: the longest a client may take to send a photo; `blur_faces`: faces
+    blurred in the pictures returned."""
+    app = FastAPI(title="posturescreen", version=__version__, docs_url=None, redoc_url=None,
                   description="Screen one side-view sitting photo with exported study "
                               "models. " + CAUTION)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posturescreen-model")
     # the pose estimator lives on the model thread too (made on first use there)
     estimator: list[PoseEstimator] = []
     needs_pose = blur_faces or any(b.needs_pose for b in bundles)
     limit_text = f"{max_upload_bytes / 2**20:g} MB"
     page = resources.files("posturescreen.web").joinpath("page.html").read_text("utf-8")
+    page = page.replace('accept="image/*"', f'accept="{",".join(UPLOAD_MIME_TYPES)}"')
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -104,15 +124,17 @@ def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20,
 
     @app.post("/api/predict", response_model=PredictResponse,
               responses={400: {"description": "empty body"},
+                         408: {"description": "the upload took longer than the time limit"},
                          413: {"description": "larger than the upload limit"},
                          415: {"description": "not sent as an image"},
                          422: {"description": "not a readable image, or a decompression "
                                               "bomb"}},
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                  "image/png": {"schema": {"type": "string", "format": "binary"}}}}})
-    async def predict(request: Request) -> PredictResponse:
-        """Send the photo's bytes as the request body (Content-Type image/*)."""
+                  t: {"schema": {"type": "string", "format": "binary"}}
+                  for t in UPLOAD_MIME_TYPES}}})
+    async def predict(request: Request) -> PredictResponse | Response:
+        """Send the photo's bytes as the request body (Content-Type image/*; JPEG, PNG,
+        WebP, BMP or TIFF)."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if not ctype.startswith(ACCEPTED_TYPES):
             raise HTTPException(415, f"send the photo's bytes with an image content type, "
@@ -120,12 +142,22 @@ def create_app(bundles: list[Bundle], max_upload_bytes: int = 20 * 2**20,
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_upload_bytes:
             raise HTTPException(413, f"photo larger than {limit_text}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_upload_bytes:
-                raise HTTPException(413, f"photo larger than {limit_text}")
-            chunks.append(chunk)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(upload_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_upload_bytes:
+                        raise HTTPException(413, f"photo larger than {limit_text}")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise HTTPException(408, f"the photo took longer than {upload_timeout_s:g} s "
+                                     "to arrive; try again") from None
+        except ClientDisconnect:
+            # the client went away (closed the tab, lost the network): nothing to answer
+            log.info("upload dropped by the client after %d bytes", size)
+            return Response(status_code=400)
         data = b"".join(chunks)
         if not data:
             raise HTTPException(400, "empty upload (0 bytes)")
