@@ -170,6 +170,8 @@ def export_bundle(run_dir: Path, task: str, model: str, out: Path) -> Path:
         folds=[fold for fold, _, _ in parts])
     try:
         _write(out, metadata, [(fold, weights) for fold, weights, _ in parts])
+    except OutputError:
+        raise
     except OSError as e:  # a full disk, a read-only folder: the staged copy is gone already
         raise OutputError(e.errno, f"cannot write {out}: {e.strerror or e}") from e
     return out
