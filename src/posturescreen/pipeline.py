@@ -4,6 +4,7 @@ upward."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,14 @@ from rich.console import Console
 from posturescreen.cohort import prepare_study
 from posturescreen.config import StudyConfig
 from posturescreen.explain import explain_run
-from posturescreen.jobs import Executor, LocalExecutor, run_job
+from posturescreen.jobs import (
+    Executor,
+    JobsFailedError,
+    LocalExecutor,
+    job_waves,
+    train_job,
+    write_job,
+)
 from posturescreen.report import build_report
 from posturescreen.results import collect_predictions, write_results
 
@@ -36,7 +44,11 @@ def run_study(
     if max_jobs is not None:
         todo = todo[:max_jobs]
 
-    executor.run(todo, lambda job, reporter: run_job(ctx, job, reporter))
+    failures = []
+    for wave in job_waves(todo):
+        failures += executor.run(wave, partial(train_job, ctx), partial(write_job, ctx.run_dir))
+    if failures:
+        raise JobsFailedError(failures, len(todo))
     if not all(j.is_done(ctx.run_dir) for j in jobs):
         return None
     predictions = collect_predictions(ctx.run_dir, jobs, cfg.data.subject_column)
