@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +27,7 @@ from posturescreen.data.synthetic import (
 )
 from posturescreen.demo import demo_cohort, demo_config
 from posturescreen.errors import PostureScreenError
+from posturescreen.executor_ray import RayExecutor
 from posturescreen.explain import enrichment_table, explain_run
 from posturescreen.pipeline import run_study
 from posturescreen.predict import collect_photos, predict_files, write_predictions
@@ -74,6 +77,11 @@ def _short_warning(message, category, filename, lineno, line=None) -> str:
 warnings.formatwarning = _short_warning
 
 
+class ExecutorKind(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 def study(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="study YAML")] = None,
@@ -100,6 +108,21 @@ def study(
             "--max-jobs", help="stop after this many jobs (resume later with the same command)"
         ),
     ] = None,
+    executor: Annotated[
+        ExecutorKind,
+        typer.Option("--executor", help="where jobs run: local (this process, one after "
+                     "another) or ray (Ray tasks, here or on a cluster; docs/scale-out.md)"),
+    ] = ExecutorKind.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="with --executor ray: auto (the cluster this "
+                     "machine is in) or ray://HOST:PORT; default: start Ray on this machine"),
+    ] = None,
+    ray_cpus_per_job: Annotated[
+        int | None,
+        typer.Option("--ray-cpus-per-job", min=1, help="with --executor ray: CPUs (and torch "
+                     "threads) per job; default train.threads, else 1"),
+    ] = None,
 ) -> None:
     """Run (or resume) a cross-validated study and print its results table."""
     sets = list(overrides or [])
@@ -109,7 +132,12 @@ def study(
         sets.append("data.skip_bad_images=true")
     cfg = load_config(config, sets)
     run_dir = out or Path("runs") / cfg.name
-    metrics = run_study(cfg, run_dir, max_jobs=max_jobs)
+    if executor is ExecutorKind.local and (ray_address or ray_cpus_per_job):
+        fail("--ray-address and --ray-cpus-per-job need --executor ray")
+    ray = (RayExecutor(ray_address, ray_cpus_per_job or cfg.train.threads or 1,
+                       console=err_console) if executor is ExecutorKind.ray else None)
+    with ray or nullcontext():
+        metrics = run_study(cfg, run_dir, executor=ray, max_jobs=max_jobs)
     if metrics is None:
         console.print(f"stopped after {max_jobs} job(s); rerun the same command to continue")
         return
