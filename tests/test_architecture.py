@@ -109,7 +109,8 @@ def test_runfolder_imports_no_stage():
 def test_stages_import_the_pipeline_never():
     edges, _ = import_graph()
     importers = {m for m, targets in edges.items() if "posturescreen.pipeline" in targets}
-    assert importers <= {"posturescreen.cli", "posturescreen.demo"}, importers
+    assert all(m.startswith("posturescreen.cli") or m == "posturescreen.demo"
+               for m in importers), importers
 
 
 @pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: p.name)

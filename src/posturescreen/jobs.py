@@ -1,16 +1,17 @@
-"""The study grid's jobs: train and predict one (task, model, fold), and the executors that
-decide where jobs run (training code does not know about them).
+"""The study grid's jobs: train and predict one (task, model, fold) of any model kind.
+
+A job is two halves: `train_job` computes everything a job leaves behind without touching
+the run folder; `write_job` writes it there, atomically, predictions.csv last. So a remote
+executor (executors.py, executor_ray.py) can train anywhere and leave the writing to the one
+process that owns the folder. A job is done when its predictions.csv exists; rerunning the
+same command skips done jobs.
 
 Every model kind sees the same split of a fold: the test fold, and the training folds cut
 into an inner train and an inner validation split seeded per (task, fold). A CNN trains on
-inner train and is selected on inner validation; an angle model is fitted on inner train;
-a fusion model is fitted on inner validation, where both its CNN's and its angle model's
-scores are out-of-sample. Thresholds come from inner validation. The test fold is
-predicted once, at the end.
-
-A job is done when its predictions.csv exists (written last, atomically); rerunning the
-same command skips done jobs. Fusion jobs need their CNN's job of the same fold: they run
-in a second wave (`job_waves`).
+inner train and is selected on inner validation; an angle model is fitted on all training
+photos (cross-validated scores for its threshold); a fusion model is fitted on inner
+validation, where both its CNN's and its angle model's scores are out-of-sample. Fusion jobs
+read their CNN's job of the same fold: they run in a later wave (`wave_of`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
-from rich.progress import Progress
+import torch
 
 from posturescreen import runfolder as rf
 from posturescreen.cohort import StudyContext
@@ -31,57 +32,27 @@ from posturescreen.config import ModelConfig, StudyConfig
 from posturescreen.files import atomic_write_csv, atomic_write_safetensors, atomic_write_text
 from posturescreen.linearjobs import fit_angle_job, fit_fusion_job
 from posturescreen.models import build_model
-from posturescreen.progress import progress_bar
 from posturescreen.runfolder import Job
 from posturescreen.splits import FoldSplit, fold_split
 from posturescreen.training import FoldData, Reporter, seed_everything, train_fold
 
 
-class Executor(Protocol):
-    """Runs jobs; calls fn(job, reporter) for each, reporter being its progress sink (or
-    None). Another executor (Ray, a queue) only has to honour this."""
+@dataclass
+class JobOutput:
+    """Everything one job leaves in its directory, computed but not yet written."""
 
-    def run(self, jobs: list[Job], fn: Callable[[Job, Reporter | None], None]) -> None: ...
-
-
-class _RichReporter:
-    def __init__(self, progress: Progress, epoch_bar, job: Job):
-        self.progress, self.bar, self.job = progress, epoch_bar, job
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
-        self.progress.reset(
-            self.bar, total=steps, description=f"{self.job} · epoch {epoch}/{epochs}"
-        )
-
-    def step(self) -> None:
-        self.progress.advance(self.bar)
-
-    def end_epoch(self, row: dict) -> None:
-        pass
+    val_predictions: pd.DataFrame
+    test_predictions: pd.DataFrame
+    fold_info: dict
+    state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # a CNN's
+    history: pd.DataFrame | None = None  # a CNN's training log
+    linear_model: dict | None = None  # an angle or fusion model's numbers
 
 
-class LocalExecutor:
-    """Runs jobs one after another in this process, with progress bars."""
-
-    def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True)
-
-    def run(self, jobs: list[Job], fn: Callable[[Job, Reporter | None], None]) -> None:
-        with progress_bar(self.console, elapsed=True, transient=False) as progress:
-            overall = progress.add_task("study jobs", total=len(jobs))
-            epoch_bar = progress.add_task("", total=1)
-            for job in jobs:
-                fn(job, _RichReporter(progress, epoch_bar, job))
-                progress.advance(overall)
-
-
-def job_waves(cfg: StudyConfig, jobs: list[Job]) -> list[list[Job]]:
-    """Jobs in the order they can run: CNNs and angle models first, then fusion models
-    (each needs its CNN's job of the same task and fold)."""
+def wave_of(cfg: StudyConfig) -> Callable[[Job], int]:
+    """CNNs and angle models first (wave 0), fusion models after (wave 1)."""
     kinds = {m.name: m.kind for m in cfg.models}
-    first = [j for j in jobs if kinds[j.model] != "fusion"]
-    second = [j for j in jobs if kinds[j.model] == "fusion"]
-    return [w for w in (first, second) if w]
+    return lambda job: 1 if kinds[job.model] == "fusion" else 0
 
 
 def predictions_frame(ctx: StudyContext, job: Job, idx: np.ndarray, prob: np.ndarray,
@@ -100,46 +71,68 @@ def predictions_frame(ctx: StudyContext, job: Job, idx: np.ndarray, prob: np.nda
 
 
 def run_job(ctx: StudyContext, job: Job, reporter: Reporter | None = None) -> bool:
-    """Train and predict one (task, model, fold). Returns False if it was already done."""
+    """Train, predict and write one (task, model, fold). Returns False if already done."""
     if job.is_done(ctx.run_dir):
         return False
+    write_job(ctx.run_dir, job, train_job(ctx, job, reporter))
+    return True
+
+
+def train_job(ctx: StudyContext, job: Job, reporter: Reporter | None = None) -> JobOutput:
+    """Train and predict one (task, model, fold); reads the context (and, for a fusion, its
+    CNN's finished job) only, writes nothing."""
     model_cfg = next(m for m in ctx.cfg.models if m.name == job.model)
     split = fold_split(ctx, job)
     val_idx, y_val = split.val, split.y_val  # where the validation scores are out-of-sample
-    out = job.directory(ctx.run_dir)
     t0 = time.perf_counter()
+    state_dict = history = linear = None
     if model_cfg.kind == "cnn":
-        info, val_prob, test_prob = _train_cnn(ctx, job, model_cfg, split, reporter)
+        info, val_prob, test_prob, state_dict, history = _train_cnn(ctx, job, model_cfg,
+                                                                    split, reporter)
     elif model_cfg.kind == "angles":
         fitted = fit_angle_job(ctx.angles, split, model_cfg.C, ctx.cfg.threshold, ctx.cohort,
                                ctx.cfg.data.subject_column)
-        atomic_write_text(out / rf.LINEAR_MODEL, json.dumps(fitted.model_json, indent=2))
         info, val_prob, test_prob = fitted.info, fitted.val_prob, fitted.test_prob
-        val_idx, y_val = fitted.val_idx, fitted.y_val
+        val_idx, y_val, linear = fitted.val_idx, fitted.y_val, fitted.model_json
     else:
         cnn_dir = Job(job.task, model_cfg.cnn, job.fold).directory(ctx.run_dir)
         fitted = fit_fusion_job(ctx.angles, split, model_cfg.C, ctx.cfg.threshold, cnn_dir,
                                 ctx.cohort, ctx.cfg.data.subject_column)
-        atomic_write_text(out / rf.LINEAR_MODEL, json.dumps(fitted.model_json, indent=2))
         info, val_prob, test_prob = fitted.info, fitted.val_prob, fitted.test_prob
+        linear = fitted.model_json
     threshold = float(info["threshold"])
-    atomic_write_csv(out / rf.VAL_PREDICTIONS,
-                     predictions_frame(ctx, job, val_idx, val_prob, y_val, threshold))
-    atomic_write_text(out / rf.FOLD_JSON, json.dumps({
+    fold_info = {
         "task": job.task, "model": job.model, "kind": model_cfg.kind, "fold": job.fold,
         "seed": job.seed(ctx.cfg.seed), "split_seed": job.split_seed(ctx.cfg.seed),
         **info, "n_train": len(split.train), "n_val": len(split.val),
         "n_val_scores": len(val_idx), "n_test": len(split.test),
         "train_seconds": round(time.perf_counter() - t0, 2),
-    }, indent=2))
-    # written last: its presence marks the job done
-    atomic_write_csv(out / rf.PREDICTIONS,
-                     predictions_frame(ctx, job, split.test, test_prob, split.y_test, threshold))
-    return True
+    }
+    return JobOutput(
+        predictions_frame(ctx, job, val_idx, val_prob, y_val, threshold),
+        predictions_frame(ctx, job, split.test, test_prob, split.y_test, threshold),
+        fold_info, state_dict, history, linear)
+
+
+def write_job(run_dir: Path, job: Job, output: JobOutput) -> None:
+    """Write one job's files atomically, predictions.csv last: its presence marks the job
+    done, so a job killed mid-write is simply not done."""
+    out = job.directory(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if output.state_dict is not None:
+        atomic_write_safetensors(out / rf.CHECKPOINT,
+                                 {k: v.contiguous() for k, v in output.state_dict.items()})
+    if output.history is not None:
+        atomic_write_csv(out / rf.TRAIN_LOG, output.history)
+    if output.linear_model is not None:
+        atomic_write_text(out / rf.LINEAR_MODEL, json.dumps(output.linear_model, indent=2))
+    atomic_write_csv(out / rf.VAL_PREDICTIONS, output.val_predictions)
+    atomic_write_text(out / rf.FOLD_JSON, json.dumps(output.fold_info, indent=2))
+    atomic_write_csv(out / rf.PREDICTIONS, output.test_predictions)
 
 
 def _train_cnn(ctx: StudyContext, job: Job, model_cfg: ModelConfig, split: FoldSplit,
-               reporter: Reporter | None) -> tuple[dict, np.ndarray, np.ndarray]:
+               reporter: Reporter | None):
     cfg, prep = ctx.cfg, ctx.preprocessing[job.model]
     seed_everything(job.seed(cfg.seed))  # the new head's init must not depend on job order
     model, weights = build_model(job.model, model_cfg.pretrained)
@@ -147,16 +140,10 @@ def _train_cnn(ctx: StudyContext, job: Job, model_cfg: ModelConfig, split: FoldS
                     split.y_val, split.test)
     result = train_fold(model, prep, data, cfg.train, cfg.threshold, job.seed(cfg.seed),
                         reporter, pretrained=weights.source != "none")
-    out = job.directory(ctx.run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_safetensors(
-        out / rf.CHECKPOINT, {k: v.contiguous() for k, v in result.state_dict.items()}
-    )
-    atomic_write_csv(out / rf.TRAIN_LOG, result.history)
     info = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
             "threshold": result.threshold, "threshold_rule": result.threshold_rule,
             "batchnorm_frozen": result.batchnorm_frozen,
             "training_precision": result.training_precision,
             "person_crop": cfg.pose.crop,
             "preprocessing": prep.__dict__, "weights": weights.__dict__}
-    return info, result.val_prob, result.test_prob
+    return info, result.val_prob, result.test_prob, result.state_dict, result.history

@@ -4,6 +4,7 @@ upward."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -12,8 +13,9 @@ from rich.console import Console
 from posturescreen import runfolder as rf
 from posturescreen.cohort import prepare_study
 from posturescreen.config import StudyConfig
+from posturescreen.executors import Executor, JobsFailedError, LocalExecutor, job_waves
 from posturescreen.explain import explain_run
-from posturescreen.jobs import Executor, LocalExecutor, job_waves, run_job
+from posturescreen.jobs import train_job, wave_of, write_job
 from posturescreen.report import build_report
 from posturescreen.results import collect_predictions, write_results
 
@@ -37,8 +39,14 @@ def run_study(
     if max_jobs is not None:
         todo = todo[:max_jobs]
 
-    for wave in job_waves(cfg, todo):  # fusion jobs after the CNN jobs they fuse
-        executor.run(wave, lambda job, reporter: run_job(ctx, job, reporter))
+    failures = []
+    for k, wave in enumerate(job_waves(todo, wave_of(cfg))):
+        # fusion jobs (the later wave) read their CNN's files and take milliseconds: they run
+        # here, beside the run folder, whatever the executor (no shared storage needed)
+        runner = executor if k == 0 else LocalExecutor(console)
+        failures += runner.run(wave, partial(train_job, ctx), partial(write_job, ctx.run_dir))
+    if failures:
+        raise JobsFailedError(failures, len(todo))
     if not all(j.is_done(ctx.run_dir) for j in jobs):
         return None
     predictions = collect_predictions(ctx.run_dir, jobs, cfg.data.subject_column)

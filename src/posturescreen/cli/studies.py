@@ -1,22 +1,19 @@
-"""Command line: `posturescreen study | validate | demo | synth | explain | report | export
-| predict | serve`. Each command calls the same library functions a notebook user would."""
+"""Commands that make and read studies: study, validate, agreement, synth, demo, explain,
+report."""
 
 from __future__ import annotations
 
-import copy
 import json
-import warnings
+from contextlib import nullcontext
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
-from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
 from posturescreen.agreement import formatted_agreement, measure_agreement, write_agreement
-from posturescreen.bundle import load_bundle
+from posturescreen.cli.app import app, console, err_console, fail
 from posturescreen.config import DataConfig, load_config
 from posturescreen.data.manifest import load_manifest
 from posturescreen.data.synthetic import (
@@ -27,56 +24,19 @@ from posturescreen.data.synthetic import (
     paper_photo_count,
 )
 from posturescreen.demo import demo_cohort, demo_config
-from posturescreen.errors import PostureScreenError
+from posturescreen.executor_ray import RayExecutor
 from posturescreen.explain import enrichment_table, explain_run
-from posturescreen.export import export_bundle
 from posturescreen.pipeline import run_study
-from posturescreen.predict import collect_photos, predict_files, write_predictions
 from posturescreen.progress import progress_bar
 from posturescreen.report import build_report
 from posturescreen.report.tracking import log_to_mlflow
 from posturescreen.results import print_results
 from posturescreen.runfolder import cam_dir
-from posturescreen.web.app import create_app
-from posturescreen.web.hosts import allowed_hosts
-
-console = Console()
-err_console = Console(stderr=True)
 
 
-def fail(message: str) -> None:
-    """Print one error on stderr and exit with code 2 (paths printed intact, no markup)."""
-    err_console.print("[bold red]error:[/bold red] ", end="")
-    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-class _Commands(TyperGroup):
-    """Every command runs here: a user-facing error (any PostureScreenError) becomes one
-    clear message and exit code 2, in this one place."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except PostureScreenError as e:
-            fail(str(e))
-
-
-app = typer.Typer(
-    cls=_Commands,
-    add_completion=False,
-    no_args_is_help=True,
-    help="Posture-photo deep-learning studies with subject-grouped CV and "
-    "honest confidence intervals.",
-)
-
-
-def _short_warning(message, category, filename, lineno, line=None) -> str:
-    # users need the message (e.g. "NSP/resnet50 fold 2: NPV undefined"), not our source line
-    return f"warning: {message}\n"
-
-
-warnings.formatwarning = _short_warning
+class ExecutorKind(StrEnum):
+    local = "local"
+    ray = "ray"
 
 
 @app.command()
@@ -111,6 +71,21 @@ def study(
             help="stop after this many jobs (resume later with the same command)",
         ),
     ] = None,
+    executor: Annotated[
+        ExecutorKind,
+        typer.Option("--executor", help="where jobs run: local (this process, one after "
+                     "another) or ray (Ray tasks, here or on a cluster; docs/scale-out.md)"),
+    ] = ExecutorKind.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="with --executor ray: auto (the cluster this "
+                     "machine is in) or ray://HOST:PORT; default: start Ray on this machine"),
+    ] = None,
+    ray_cpus_per_job: Annotated[
+        int | None,
+        typer.Option("--ray-cpus-per-job", min=1, help="with --executor ray: CPUs (and torch "
+                     "threads) per job; default train.threads, else 1"),
+    ] = None,
 ) -> None:
     """Run (or resume) a cross-validated study and print its results table."""
     sets = list(overrides or [])
@@ -122,7 +97,12 @@ def study(
         sets.append("sensitivity=" + json.dumps(list(sensitivity)))
     cfg = load_config(config, sets)
     run_dir = out or Path("runs") / cfg.name
-    metrics = run_study(cfg, run_dir, max_jobs=max_jobs)
+    if executor is ExecutorKind.local and (ray_address or ray_cpus_per_job):
+        fail("--ray-address and --ray-cpus-per-job need --executor ray")
+    ray = (RayExecutor(ray_address, ray_cpus_per_job or cfg.train.threads or 1,
+                       console=err_console) if executor is ExecutorKind.ray else None)
+    with ray or nullcontext():
+        metrics = run_study(cfg, run_dir, executor=ray, max_jobs=max_jobs)
     if metrics is None:
         console.print(f"stopped after {max_jobs} job(s); rerun the same command to continue")
         return
@@ -296,90 +276,6 @@ def explain(
 
 
 @app.command()
-def export(
-    run_dir: Annotated[Path, typer.Argument(help="a finished study's run folder")],
-    task: Annotated[str, typer.Option("--task", help="task name, e.g. CH")],
-    model: Annotated[str, typer.Option("--model", help="model name, e.g. resnet50")],
-    out: Annotated[Path, typer.Option("--out", help="bundle folder, or a path ending .zip")],
-) -> None:
-    """Pack one task × model's fold models (safetensors) with metadata.json into a bundle."""
-    path = export_bundle(run_dir, task, model, out)
-    console.print(f"bundle: {path.resolve()}")
-
-
-@app.command()
-def predict(
-    photos: Annotated[list[Path], typer.Argument(help="photos and/or folders of photos")],
-    model: Annotated[list[Path], typer.Option("--model", help="bundle (repeat for several)")],
-    out: Annotated[Path, typer.Option("--out", help="folder for predictions and overlays")
-                   ] = Path("predictions"),
-    fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
-    cam: Annotated[bool, typer.Option(help="write a CAM overlay per photo and task")] = True,
-    blur_faces: Annotated[bool, typer.Option(
-        help="blur faces in the overlays (--no-blur-faces for internal use)")] = True,
-) -> None:
-    """Probability per photo and task (mean of the fold models, with their range), the
-    decision at the bundle's threshold, and a CAM overlay."""
-    if fmt not in ("csv", "json"):
-        fail(f"--format must be csv or json, got {fmt!r}")
-    bundles = [load_bundle(m) for m in model]
-    files = collect_photos(photos)
-    if not files:
-        fail("no photos found in " + ", ".join(str(p) for p in photos))
-    with progress_bar(err_console, disable=len(files) < 2) as progress:
-        bar = progress.add_task("predicting", total=len(files))
-        table = predict_files(files, bundles, out / "overlays" if cam else None, cam,
-                              lambda n: progress.advance(bar, n), blur_faces)
-    target = write_predictions(table, out, fmt)
-    ok = table[table["error"] == ""] if "error" in table else table
-    for r in ok.itertuples():
-        console.print(f"{Path(r.photo).name}  {r.task}/{r.model}: p={r.probability:.3f} "
-                      f"(folds {r.fold_min:.3f}–{r.fold_max:.3f}) → {r.decision}")
-        if isinstance(r.lower_risk, str) and r.lower_risk:
-            console.print(f"    what would lower the risk (a model property, not advice): "
-                          f"{r.lower_risk}")
-    for r in table[table["error"] != ""].itertuples():
-        err_console.print(f"[red]skipped[/red] {r.error}", highlight=False)
-    console.print(f"written: {target.resolve()}")
-
-
-@app.command()
-def serve(
-    model: Annotated[list[Path], typer.Option("--model", help="bundle (repeat for several)")],
-    host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean it")
-                    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port", min=0, max=65535)] = 8000,
-    max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload")] = 20.0,
-    allow_host: Annotated[list[str] | None, typer.Option(
-        "--allow-host", help="a host name clients use to reach the server (repeat; loopback "
-                             "names are always allowed; '*' allows any)")] = None,
-    upload_timeout: Annotated[float, typer.Option(
-        help="seconds a client may take to send a photo")] = 30.0,
-    blur_faces: Annotated[bool, typer.Option(
-        help="blur faces in the pictures the page returns (--no-blur-faces: internal use)")
-    ] = True,
-) -> None:
-    """A local web page (and JSON API, described at /openapi.json) to screen one photo at a
-    time. Uploads stay in memory and are never written to disk."""
-    if not 0 < max_upload_mb <= 1024 or not 0 < upload_timeout <= 3600:
-        fail("--max-upload-mb must be in (0, 1024] and --upload-timeout in (0, 3600] seconds")
-    hosts = allowed_hosts(host, allow_host or [])
-    bundles = [load_bundle(m) for m in model]
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(f"[yellow]serving on {host}: reachable from other machines; "
-                          f"accepted Host names: {', '.join(hosts)}[/yellow]")
-    import uvicorn  # the server only when serving
-
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    log_config["loggers"]["posturescreen"] = {"handlers": ["default"], "level": "INFO",
-                                              "propagate": False}
-    uvicorn.run(create_app(bundles, int(max_upload_mb * 2**20), hosts, upload_timeout,
-                          blur_faces),
-                host=host, port=port, log_level="info", log_config=log_config)
-
-
-
-@app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="a finished study's run folder")],
     mlflow: Annotated[bool, typer.Option(
@@ -392,7 +288,3 @@ def report(
     console.print(f"report: {path.resolve()}")
     if mlflow:
         console.print(f"MLflow run: {log_to_mlflow(run_dir, mlflow_uri)}")
-
-
-def main() -> None:
-    app()
