@@ -1,8 +1,12 @@
 """Agreement between the pose estimator's angles and hand-placed landmarks' angles: bias,
 mean absolute error, Bland–Altman limits of agreement and ICC(2,1).
 
-The estimator finds shoulders, not C7: its CVA is the ear–shoulder proxy, compared here with
-the hand-placed CVA as what it stands in for (their difference is part of what is measured).
+Like is compared with like: an angle is measured on the hand-placed points the estimator
+also finds (ear, shoulder, hip, ...) whenever the manifest has them. Where it does not (a
+manifest with C7 but no shoulder), the hand-placed angle on C7 is compared with the
+estimator's angle on the shoulder — the CVA with its ear–shoulder proxy — and the row says
+so: that difference is part definition, part estimator error. Photos of one worker are
+treated as independent here, and no intervals are given for the limits or the ICC.
 
 ICC(2,1) — two-way random effects, absolute agreement, single measurement (Shrout & Fleiss
 1979; McGraw & Wong's ICC(A,1)) — has no implementation in scipy or statsmodels; it is the
@@ -27,10 +31,9 @@ from posturescreen.landmarks import landmark_names, row_points
 from posturescreen.pose import POINTS, POSE_DRAFT, PoseEstimator
 from posturescreen.poses import PoseRecorder, pose_table
 
-# (hand-placed angle, the estimator's angle that stands for it)
-COMPARABLE = (("cva", "ear_shoulder_angle"), ("trunk_lean", "trunk_lean"),
-              ("head_forward", "head_forward"), ("head_tilt", "head_tilt"),
-              ("hip_angle", "hip_angle"), ("knee_angle", "knee_angle"))
+ALL_POINTS = "@all"  # suffix: an angle on every hand-placed point (C7, upper back too)
+# the estimator's angle -> the hand-placed angle it stands for when the points differ
+STANDS_FOR = {"ear_shoulder_angle": "cva"}
 
 
 def icc_2_1(ratings: np.ndarray) -> float:
@@ -48,20 +51,38 @@ def icc_2_1(ratings: np.ndarray) -> float:
     return float((ms_rows - ms_err) / denom) if denom > 0 else float("nan")
 
 
-def agreement_table(hand: pd.DataFrame, estimator: pd.DataFrame) -> pd.DataFrame:
-    """One row per comparable angle measured both ways on the same photos (aligned on the
-    index): n, bias (estimator − hand), MAE, 95% limits of agreement, ICC(2,1), Pearson r."""
-    rows = []
-    for h, e in COMPARABLE:
-        if h not in hand or e not in estimator:
+def comparable_pairs(hand: pd.DataFrame, estimator: pd.DataFrame
+                     ) -> list[tuple[str, pd.Series, pd.Series]]:
+    """(label, hand values, estimator values) for each angle measured both ways."""
+    out = []
+    for a in estimator.columns:
+        est = estimator[a]
+        if est.notna().sum() < 3:
             continue
-        both = pd.DataFrame({"hand": hand[h], "estimator": estimator[e]}).dropna()
+        if a in hand and hand[a].notna().sum() >= 3:
+            out.append((a, hand[a], est))
+            continue
+        other = STANDS_FOR.get(a, a) + ALL_POINTS
+        if other in hand and hand[other].notna().sum() >= 3:
+            name = other.removesuffix(ALL_POINTS)
+            label = (f"{name} (hand, on C7) vs {a} (estimator, proxy)" if name != a
+                     else f"{a} (hand on C7, estimator on the shoulder)")
+            out.append((label, hand[other], est))
+    return out
+
+
+def agreement_table(hand: pd.DataFrame, estimator: pd.DataFrame) -> pd.DataFrame:
+    """One row per angle measured both ways on the same photos (aligned on the index): n,
+    bias (estimator − hand), MAE, 95% limits of agreement, ICC(2,1), Pearson r."""
+    rows = []
+    for label, h, e in comparable_pairs(hand, estimator):
+        both = pd.DataFrame({"hand": h, "estimator": e}).dropna()
         if len(both) < 3:
             continue
         d = both["estimator"] - both["hand"]
         sd = float(d.std(ddof=1))
         rows.append({
-            "angle": h if h == e else f"{h} vs {e} (proxy)", "n": len(both),
+            "angle": label, "n": len(both),
             "bias": float(d.mean()), "mae": float(d.abs().mean()),
             "loa_low": float(d.mean() - 1.96 * sd), "loa_high": float(d.mean() + 1.96 * sd),
             "icc_2_1": icc_2_1(both[["hand", "estimator"]].to_numpy()),
@@ -73,15 +94,14 @@ def agreement_table(hand: pd.DataFrame, estimator: pd.DataFrame) -> pd.DataFrame
 
 def bland_altman_pairs(hand: pd.DataFrame, estimator: pd.DataFrame
                        ) -> dict[str, pd.DataFrame]:
-    """Per comparable angle: the mean of the two measurements and their difference."""
+    """Per angle measured both ways: the mean of the two measurements and their difference."""
     out = {}
-    for h, e in COMPARABLE:
-        if h in hand and e in estimator:
-            both = pd.DataFrame({"hand": hand[h], "estimator": estimator[e]}).dropna()
-            if len(both) >= 3:
-                out[h if h == e else f"{h} vs {e}"] = pd.DataFrame({
-                    "mean": (both["hand"] + both["estimator"]) / 2,
-                    "difference": both["estimator"] - both["hand"]})
+    for label, h, e in comparable_pairs(hand, estimator):
+        both = pd.DataFrame({"hand": h, "estimator": e}).dropna()
+        if len(both) >= 3:
+            out[label.split(" (")[0]] = pd.DataFrame({
+                "mean": (both["hand"] + both["estimator"]) / 2,
+                "difference": both["estimator"] - both["hand"]})
     return out
 
 
@@ -98,11 +118,16 @@ def estimator_angles(pose: pd.DataFrame, min_visibility: float) -> pd.DataFrame:
 
 
 def hand_angles(table: pd.DataFrame) -> pd.DataFrame:
-    """Angles from a manifest's landmark columns (index: manifest row)."""
+    """Angles from a manifest's landmark columns (index: manifest row): on the points the
+    estimator also finds (same definitions), and on every point (`<angle>@all`)."""
     names = landmark_names(list(table.columns))
-    return pd.DataFrame.from_dict(
-        {int(r["row"]): measure(row_points(r, names)) for _, r in table.iterrows()},
-        orient="index")
+    rows = {}
+    for _, r in table.iterrows():
+        points = row_points(r, names)
+        same = {k: v for k, v in points.items() if k in POINTS}
+        rows[int(r["row"])] = {**measure(same),
+                               **{a + ALL_POINTS: v for a, v in measure(points).items()}}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def bland_altman_figure(pairs: dict[str, pd.DataFrame]) -> Figure:
@@ -119,11 +144,15 @@ def bland_altman_figure(pairs: dict[str, pd.DataFrame]) -> Figure:
 
 
 def measure_agreement(manifest: Path, data: DataConfig, min_visibility: float = 0.5,
-                      progress: Callable[[int], None] | None = None
+                      progress: Callable[[int], None] | None = None,
+                      total: Callable[[int], None] | None = None
                       ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Run the estimator on every photo of a manifest with landmark columns; returns the
-    agreement table and the per-photo angles both ways."""
+    agreement table and the per-photo angles both ways. `total(n)` hears the photo count
+    before the work starts, `progress(k)` each photo done."""
     m = load_manifest(manifest, data, required_labels=False)
+    if total is not None:
+        total(len(m.table))
     recorder = PoseRecorder(PoseEstimator(), crop=False, margin=0.1)
     build_image_cache([Path(p) for p in m.table["image_path"]], {}, progress, POSE_DRAFT,
                       recorder)

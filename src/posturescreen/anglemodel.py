@@ -4,9 +4,10 @@ and read back: a bundle carries them as data, never as pickled code.
 
 - `AngleModel`: median imputation (training medians), standardisation (training mean/SD) and
   an L2-regularised logistic regression on the angles (scikit-learn fits it).
-- `FusionModel`: a logistic regression on two standardised scores, the CNN's logit and the
-  angle model's logit, fitted on photos neither model trained on (the inner validation
-  split of the training folds).
+- `FusionModel`: the CNN's logit and the angle model's logit, each standardised, summed
+  with one shared weight and recalibrated by a logistic regression on the inner validation
+  split (photos neither model trained on; the CNN's checkpoint was chosen there, which is
+  why the two weights are not fitted separately).
 - `lower_risk_change`: which single angle change, within the range seen in training, lowers
   the predicted risk most: a property of the model, not medical advice.
 """
@@ -110,7 +111,11 @@ class AngleModel:
 
 @dataclass
 class FusionModel:
-    """p = sigmoid(w_cnn·z(cnn logit) + w_angles·z(angle logit) + b)."""
+    """p = sigmoid(w·z(cnn logit) + w·z(angle logit) + b): the two standardised scores with one
+    shared weight. The weights are deliberately not learned separately: the inner validation
+    photos the fusion is fitted on also chose the CNN's checkpoint, so the CNN's scores there
+    flatter it, and a free weight would favour it (measured on the demo: the CNN got the
+    larger weight in every CH fold while its test AUC was 0.54)."""
 
     means: list[float]
     scales: list[float]
@@ -123,8 +128,9 @@ class FusionModel:
         X = np.column_stack([_cnn_logit(cnn_prob), np.asarray(angle_logit, dtype=float)])
         means, scales = X.mean(axis=0), X.std(axis=0)
         scales = np.where(scales > 1e-9, scales, 1.0)
-        coef, intercept = _fit_logistic((X - means) / scales, np.asarray(y, int), C)
-        return cls(means.tolist(), scales.tolist(), coef.tolist(), intercept)
+        both = ((X - means) / scales).sum(axis=1, keepdims=True)
+        coef, intercept = _fit_logistic(both, np.asarray(y, int), C)
+        return cls(means.tolist(), scales.tolist(), [float(coef[0])] * 2, intercept)
 
     def predict(self, cnn_prob: np.ndarray, angle_logit: np.ndarray) -> np.ndarray:
         X = np.column_stack([_cnn_logit(cnn_prob), np.asarray(angle_logit, dtype=float)])

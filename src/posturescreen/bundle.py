@@ -51,10 +51,12 @@ MAX_ZIP_BYTES = 8 * 2**30  # uncompressed; the paper's largest grid (VGG19 × 4)
 MAX_METADATA_BYTES = 16 * 2**20
 INTENDED_USE = (
     "Research tool. Estimates, from one side-view photo of habitual sitting posture, the "
-    "probability that a worker belongs to the positive class of the task it was trained "
-    "for, as defined in the training study. Not a diagnostic device; not validated for "
-    "clinical decisions, for other populations, camera set-ups or views than the training "
-    "cohort's. Decisions use the threshold chosen on the study's inner validation splits."
+    "probability that the photographed worker belongs to the positive class of the task it "
+    "was trained for, as defined in the training study; it decides per photo (for a worker "
+    "with several photos, the study's worker level averaged their probabilities). Not a "
+    "diagnostic device; not validated for clinical decisions, for other populations, camera "
+    "set-ups or views than the training cohort's. Decisions use the threshold chosen on the "
+    "study's inner validation splits."
 )
 
 

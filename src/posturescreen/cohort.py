@@ -32,6 +32,7 @@ from posturescreen.pose import POSE_DRAFT, PoseEstimator
 from posturescreen.poses import (
     PoseRecorder,
     angle_table,
+    landmark_source,
     needs_estimator,
     pose_table,
     results_from_table,
@@ -130,6 +131,10 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
     if cfg.uses_angles():
         angles = angle_table(table, cfg, pose)
         atomic_write_csv(run_dir / rf.ANGLES, angles)
+        source = landmark_source(cfg, list(table.columns))
+        console.print("posture angles from " + (
+            "the manifest's landmark columns (hand-placed, or a synthetic cohort's true "
+            "points)" if source == "manifest" else "the pose estimator's points"))
         angles.index = table.index
     counts = class_counts(
         cohort,

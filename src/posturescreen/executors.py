@@ -70,7 +70,8 @@ class _RichReporter:
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
         self.progress.reset(
-            self.bar, total=steps, description=f"{self.job} · epoch {epoch}/{epochs}"
+            self.bar, total=steps, description=f"{self.job} · epoch {epoch}/{epochs}",
+            visible=True,
         )
 
     def step(self) -> None:
@@ -90,7 +91,8 @@ class LocalExecutor:
         """Stops at the first failure (its exception propagates), as a local run always has."""
         with progress_bar(self.console, elapsed=True, transient=False) as progress:
             overall = progress.add_task("study jobs", total=len(jobs))
-            epoch_bar = progress.add_task("", total=1)
+            # shown by the first epoch: angle and fusion jobs have none
+            epoch_bar = progress.add_task("", total=1, visible=False)
             for job in jobs:
                 write(job, train(job, _RichReporter(progress, epoch_bar, job)))
                 progress.advance(overall)

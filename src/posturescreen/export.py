@@ -60,9 +60,9 @@ def _landmark_source(run_dir: Path, mcfg: ModelConfig) -> str:
     if source != "estimator":
         raise BundleError(
             f"{run_dir}: the {mcfg.kind} model {mcfg.name!r} was fitted on angles from the "
-            f"manifest's landmark columns ({source}); a new photo has none, so a bundle must "
-            "measure angles the way the study did. Rerun the study with "
-            "--set pose.landmarks=estimator (into another --out) to export it")
+            "manifest's landmark columns; a new photo has none, so a bundle must measure "
+            "angles the way the study did. Rerun the study with --set "
+            "pose.landmarks=estimator (into another --out) to export it")
     return source
 
 
@@ -102,12 +102,14 @@ def operating_point(run_dir: Path, cfg: StudyConfig, task: str, model: str,
                        (g["prob"].to_numpy() >= threshold).astype(int))
     how = ("Youden's J (midpoint) on the fold's recalibrated inner-validation probabilities"
            if cfg.threshold.rule == "youden" else f"fixed at {cfg.threshold.value}")
-    rule = (f"positive when the mean over the fold models of their recalibrated probabilities "
-            f"(each fold's Platt recalibration fitted on its inner validation split) is at "
-            f"least {threshold:.6f}, the mean of the folds' photo thresholds ({how}). Sen, "
-            "Spe, PPV, NPV and ACC here are this rule applied to the study's out-of-fold "
-            "photos, each scored by the fold model that did not train on it; the threshold "
-            "averages every fold's, so for a given photo it is not fully nested")
+    rule = (f"a photo is positive when the mean over the fold models of their recalibrated "
+            f"probabilities (each fold's Platt recalibration fitted on its inner validation "
+            f"split) is at least {threshold:.6f}, the mean of the folds' photo thresholds "
+            f"({how}). Sen, Spe, PPV, NPV and ACC here are that threshold applied to the "
+            "study's out-of-fold photos, each scored by the one fold model that did not "
+            "train on it: an out-of-fold approximation of the averaged rule (no photo has "
+            "an out-of-fold score from every fold model), and the threshold averages every "
+            "fold's, so for a given photo it is not fully nested")
     return OperatingPoint(rule=rule, threshold=threshold, n=len(g),
                           **{k: (None if not np.isfinite(m[k]) else m[k])
                              for k in ("Sen", "Spe", "PPV", "NPV", "ACC")})

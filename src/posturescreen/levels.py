@@ -7,8 +7,9 @@ fold):
    not mean the same thing from fold to fold; pooled together they can rank worse than any
    single fold. After recalibration a fold's probabilities estimate the risk on its own
    inner validation photos, so they can be pooled, averaged over folds (bundles) and read
-   as risks. A fold whose inner validation ranks worse than chance gets a constant (its
-   validation prevalence) rather than a flipped ranking.
+   as risks. A fold whose inner validation ranks worse than chance (a fitted slope <= 0, on
+   a few dozen photos mostly noise) keeps its ranking: only its level is shifted to the
+   validation prevalence (slope 1), and calibration.csv says so.
 2. **Thresholds**: Youden's J (midpoint) on the calibrated validation scores — per photo,
    and per worker after aggregating a worker's photos (mean by default).
 3. **Worker level**: a worker's test photos aggregated the same way, decided at the worker
@@ -17,11 +18,11 @@ fold):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import brentq
 from sklearn.linear_model import LogisticRegression
 
 from posturescreen.bootstrap import stratified_auc
@@ -40,25 +41,36 @@ class Calibrator:
 
     slope: float
     intercept: float
+    note: str = "Platt"
 
     @classmethod
     def fit(cls, y: np.ndarray, prob: np.ndarray) -> Calibrator:
         y = np.asarray(y, dtype=int)
-        rate = float(np.clip(y.mean(), 1e-3, 1 - 1e-3)) if len(y) else 0.5
-        constant = cls(0.0, math.log(rate / (1 - rate)))
-        if len(np.unique(y)) < 2 or np.ptp(np.asarray(prob, dtype=float)) == 0:
-            return constant
+        z = _logit(prob)
+        if len(np.unique(y)) < 2 or np.ptp(z) == 0:
+            return cls._shift(y, z, "one class or one score: level shift only")
         # unpenalised (C large): a calibration, not a shrinkage
         lr = LogisticRegression(C=1e6, max_iter=5000)
-        lr.fit(_logit(prob)[:, None], y)
+        lr.fit(z[:, None], y)
         slope = float(lr.coef_[0, 0])
-        return cls(slope, float(lr.intercept_[0])) if slope > 0 else constant
+        if slope <= 0:  # never flip or flatten a fold's ranking on a few dozen photos
+            return cls._shift(y, z, "validation ranked worse than chance: level shift only")
+        return cls(slope, float(lr.intercept_[0]))
+
+    @classmethod
+    def _shift(cls, y: np.ndarray, z: np.ndarray, note: str) -> Calibrator:
+        """Slope 1, the intercept that makes the mean probability the prevalence."""
+        rate = float(np.clip(y.mean(), 1e-3, 1 - 1e-3)) if len(y) else 0.5
+        if not len(z):
+            return cls(1.0, 0.0, note)
+        b = brentq(lambda b: float(np.mean(1 / (1 + np.exp(-(z + b))))) - rate, -50, 50)
+        return cls(1.0, float(b), note)
 
     def __call__(self, prob: np.ndarray) -> np.ndarray:
         z = self.slope * _logit(prob) + self.intercept
         return 1.0 / (1.0 + np.exp(-z))
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
 

@@ -158,7 +158,8 @@ def agreement(
     with progress_bar(err_console) as progress:
         bar = progress.add_task("finding poses", total=None)
         table, hand, est = measure_agreement(manifest, data_cfg, min_visibility,
-                                             lambda n: progress.advance(bar, n))
+                                             lambda n: progress.advance(bar, n),
+                                             lambda n: progress.update(bar, total=n))
     if table.empty:
         fail(f"{manifest}: no angle could be measured both from landmark columns (<name>_x, "
              "<name>_y for ear, c7 or shoulder, hip, ...) and by the estimator")
