@@ -1,6 +1,6 @@
 """The paper's grid on one GPU: projected wall time from measured training throughput.
 
-    python benchmarks/gpu_grid.py [--steps 20] [--batch 32] [--epochs 30]
+    python benchmarks/gpu_grid.py [--steps 20] [--batch 32] [--epochs 30] [--gpus 8]
 
 3 models (vgg19 @224, resnet50 @224, efficientnet_b5 @456) × 3 tasks × 4 folds on the
 synthetic cohort (904 photos, generated here). For each model: training images/s of
@@ -8,6 +8,9 @@ posturescreen's path with bf16 autocast + channels_last, and of the same loop in
 (the reference, same run). Projected grid time = sum over models of 3 tasks × 4 folds ×
 epochs × training photos per epoch / images/s (+ evaluation at 3× training speed).
 Target (issue: fast on the machines users have): <= 15 min on one H100.
+Scale-out: the same per-job projections, in the grid's order (task, model, fold), each
+started on the first of --gpus GPUs to free up (what `--executor ray` does with one GPU per
+job), give the expected wall time and speed-up on a node with that many GPUs.
 Needs CUDA; prints a clear message and exits 2 without it.
 """
 
@@ -59,12 +62,22 @@ def throughput(name, size, images, labels, args, fast: bool) -> float:
     return args.steps * args.batch / (time.perf_counter() - t0)
 
 
+def makespan(job_seconds: list[float], gpus: int) -> float:
+    """Wall time of independent jobs started in order, each on the device that frees up
+    first."""
+    free = [0.0] * gpus
+    for t in job_seconds:
+        free[free.index(min(free))] += t
+    return max(free)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--gpus", type=int, default=8)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("gpu_grid needs a CUDA GPU; none is visible here.")
@@ -80,6 +93,7 @@ def main() -> None:
         labels = table["ch"].to_numpy()
         caches = build_image_cache(paths, {224: "bilinear", 456: "bicubic"})
     total_fast = total_ref = 0.0
+    jobs: dict[tuple[str, str], float] = {}  # projected seconds of one fold's job
     train_share = 0.75 * 0.8  # outer training folds x inner training split
     for name, size in PAPER:
         images = caches.arrays[size]
@@ -88,6 +102,8 @@ def main() -> None:
         photos = sum(TASK_PHOTOS.values()) * 4 * train_share * args.epochs
         evals = sum(TASK_PHOTOS.values()) * 4 * 0.2 * args.epochs  # inner-val each epoch
         t_fast = photos / fast + evals / (3 * fast)
+        for task, n in TASK_PHOTOS.items():  # the same projection, per job
+            jobs[task, name] = (n * train_share + n * 0.2 / 3) * args.epochs / fast
         t_ref = photos / ref + evals / (3 * ref)
         total_fast += t_fast
         total_ref += t_ref
@@ -96,6 +112,11 @@ def main() -> None:
     print(f"projected grid (3 models x 3 tasks x 4 folds x {args.epochs} epochs): "
           f"{total_fast / 60:.1f} min with bf16+channels_last, {total_ref / 60:.1f} min fp32 "
           f"(ratio {total_ref / total_fast:.2f}x); target 15 min")
+    in_order = [jobs[t, m] for t in TASK_PHOTOS for m, _ in PAPER for _fold in range(4)]
+    wall = makespan(in_order, args.gpus)
+    print(f"on {args.gpus} such GPUs (--executor ray, one GPU per job): {wall / 60:.1f} min, "
+          f"speed-up {sum(in_order) / wall:.2f}x over one GPU (longest job "
+          f"{max(in_order) / 60:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ in CI (CI=true), where they must run."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import sys
@@ -13,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -25,6 +27,7 @@ from posturescreen.executor_ray import RayExecutor, RayResourcesError
 from posturescreen.executors import JobsFailedError, job_waves
 from posturescreen.jobs import train_job, write_job
 from posturescreen.pipeline import run_study
+from posturescreen.precision import training_precision
 from posturescreen.runfolder import Job
 
 TESTS = Path(__file__).resolve().parent
@@ -116,6 +119,12 @@ def test_ray_grid_is_byte_identical_to_local(ray, cfg, local_run, tmp_path):
     executor, _ = _executor(ray)
     run_study(cfg, tmp_path / "ray", executor=executor)
     _same_results(local_run, tmp_path / "ray")
+    # each worker resolved `precision: auto` as this machine does, and says so
+    resolved = training_precision(torch.device("cpu"), "auto")
+    for path in (tmp_path / "ray").glob("*/*/fold*/fold.json"):
+        assert json.loads(path.read_text())["training_precision"] == resolved
+    assert f"resolved on the machine that trained: {resolved}" in (
+        tmp_path / "ray" / "report.html").read_text()
 
 
 def test_worker_killed_mid_job_is_retried_and_the_grid_completes(ray, cfg, local_run, tmp_path):

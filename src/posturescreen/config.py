@@ -145,8 +145,8 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="training steps: auto = bf16 autocast on CUDA where supported, fp32 on "
-        "CPU (bf16 opt-in); predictions are always fp32",
+        description="training steps: auto = bf16 autocast on CUDA where supported and on CPUs "
+        "with native bf16 (AVX-512 BF16, AMX), else fp32; predictions are always fp32",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = Field(

@@ -9,7 +9,6 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +22,7 @@ from torch import nn
 from posturescreen.config import AugmentConfig, ThresholdConfig, TrainConfig
 from posturescreen.metrics import youden_threshold
 from posturescreen.models import Preprocessing
+from posturescreen.precision import autocast_for, keep_slow_bf16_layers_fp32, training_precision
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -43,22 +43,10 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def training_precision(device: torch.device, precision: str) -> str:
-    """`auto` -> bf16 on CUDA GPUs that support it, fp32 on CPU (bf16 on CPU is opt-in: same
-    AUC on posturecoach and 2.5x faster steps for resnet50, but the lite0 study was not
-    faster, see docs/performance.md). Only training steps use it: every prediction
-    (inner validation, test fold, CAMs, bundles) is fp32, so exported models reproduce the
-    study's out-of-fold probabilities exactly."""
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast for precision 'bf16', else a no-op."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
+def resolve_threads(cfg: TrainConfig) -> int:
+    """torch CPU threads a study trains with: train.threads, else torch's default (the
+    cores it may use; an executor may have set it to the CPUs a job asked for)."""
+    return cfg.threads or torch.get_num_threads()
 
 
 def build_augmentation(cfg: AugmentConfig, size: int) -> nn.Module:
@@ -211,10 +199,10 @@ def train_fold(
     reporter = reporter or _Silent()
     freeze_bn = pretrained if cfg.freeze_batchnorm == "auto" else cfg.freeze_batchnorm
     seed_everything(seed, cfg.deterministic)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(resolve_threads(cfg))
     device = resolve_device(cfg)
     step_precision = training_precision(device, cfg.precision)
+    keep_slow_bf16_layers_fp32(model, device, step_precision)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -81,7 +81,7 @@ def build_report(run_dir: Path) -> Path:
         info = json.loads(path.read_text())
         folds_info.append({k: info.get(k) for k in ("task", "model", "fold", "best_epoch",
                                                     "epochs_run", "threshold", "n_train",
-                                                    "n_val", "n_test")}
+                                                    "n_val", "n_test", "training_precision")}
                           | {"weights": (info.get("weights") or {}).get("sha256") or "none"})
     weights = sorted({(f["model"], f["weights"]) for f in folds_info})
 
