@@ -4,7 +4,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
-from posturescreen.compare import compare_models, delong_test, placements
+from posturescreen.compare import (
+    VarianceNotEstimable,
+    compare_models,
+    delong_test,
+    placements,
+)
 
 
 def _brute_force(y, s1, s2):
@@ -213,3 +218,26 @@ def test_fold_stratified_delong_combines_folds_and_matches_a_bootstrap():
         b = binary_metrics(y[idx], s2[idx], s2[idx] > 0, strata=fold[idx])["AUC"]
         diffs.append(a - b)
     assert r.se == pytest.approx(np.std(diffs, ddof=1), rel=0.10)
+
+
+def test_a_fold_of_one_cluster_gives_no_test_and_says_why():
+    # posturecoach: one outer fold is a single capture session holding both classes
+    rng = np.random.default_rng(5)
+    y, s1, s2, worker = _multi_photo_case(rng, 120)
+    session = worker.copy()
+    pair = [worker[y == 0][0], worker[y == 1][0]]  # a positive and a negative worker ...
+    session[np.isin(worker, pair)] = -1  # ... photographed in one session
+    fold = np.where(session == -1, 0, 1 + worker % 3)
+    worker = session
+    with pytest.raises(VarianceNotEstimable, match="fold 0 holds a single"):
+        delong_test(y, s1, s2, clusters=worker, strata=fold)
+    rows = [{"task": "T", "model": m, "row": i, "subject": str(worker[i]), "label": y[i],
+             "prob": s[i], "fold": fold[i]} for m, s in (("a", s1), ("b", s2), ("c", -s1))
+            for i in range(len(y))]
+    df = pd.DataFrame(rows)
+    out = compare_models(df, cluster_column="subject", stratified=True)
+    assert out["p_value"].isna().all() and out["note"].str.startswith("no test: fold 0").all()
+    # without stratification the same data are testable, and Holm covers the tests made
+    plain = compare_models(df, cluster_column="subject")
+    assert plain["p_value"].notna().all() and (plain["note"] == "").all()
+    assert np.allclose(plain["p_holm"], multipletests(plain["p_value"], method="holm")[1])

@@ -44,6 +44,11 @@ def placements(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
     return v10, v01, float(v10.mean())
 
 
+class VarianceNotEstimable(ValueError):
+    """A clustered variance from a single cluster: there is no between-cluster spread to
+    estimate it from (e.g. a fold that holds one capture session)."""
+
+
 @dataclass(frozen=True)
 class DeLongResult:
     auc1: float
@@ -80,6 +85,8 @@ def _delong_cov(y: np.ndarray, s1: np.ndarray, s2: np.ndarray,
     cov += (i01 / max(i01 - 1, 1)) * (d01 @ d01.T) / n_neg**2
     # workers with photos of both classes add a cross term (none when labels are per worker)
     both = sorted(set(clusters[y]) & set(clusters[~y]))
+    if len(pd.unique(clusters)) < 2:
+        raise VarianceNotEstimable("one cluster holds every case")
     if both:
         pi = {c: k for k, c in enumerate(pd.unique(clusters[y]))}
         ni = {c: k for k, c in enumerate(pd.unique(clusters[~y]))}
@@ -107,7 +114,13 @@ def delong_test(y_true: np.ndarray, scores1: np.ndarray, scores2: np.ndarray,
         m = strata == k
         pairs = int(y[m].sum()) * int((~y[m]).sum())
         if pairs:
-            parts.append((pairs, *_delong_cov(y[m], s1[m], s2[m], clusters[m])))
+            try:
+                parts.append((pairs, *_delong_cov(y[m], s1[m], s2[m], clusters[m])))
+            except VarianceNotEstimable as e:
+                where = f"fold {k}" if len(pd.unique(strata)) > 1 else "the data"
+                raise VarianceNotEstimable(
+                    f"{where} holds a single worker/cluster: its clustered DeLong variance "
+                    "cannot be estimated") from e
     if not parts:
         raise ValueError("DeLong needs positives and negatives")
     total = sum(w for w, _, _ in parts)
@@ -142,21 +155,29 @@ def compare_models(predictions: pd.DataFrame, alpha: float = 0.05,
         folds = first["fold"].loc[wide.index] if stratified else None
         for a, b in itertools.combinations(list(dict.fromkeys(g["model"])), 2):
             both = wide[[a, b]].dropna()
-            r = delong_test(labels.loc[both.index].to_numpy(), both[a].to_numpy(),
-                            both[b].to_numpy(),
-                            clusters.loc[both.index].to_numpy() if clusters is not None
-                            else None,
-                            folds.loc[both.index].to_numpy() if folds is not None else None)
-            rows.append({"task": task, "model_a": a, "model_b": b, "n": len(both),
-                         "auc_a": r.auc1, "auc_b": r.auc2, "difference": r.difference,
-                         "se": r.se, "z": r.z, "p_value": r.p_value})
+            y = labels.loc[both.index].to_numpy()
+            row = {"task": task, "model_a": a, "model_b": b, "n": len(both)}
+            try:
+                r = delong_test(y, both[a].to_numpy(), both[b].to_numpy(),
+                                clusters.loc[both.index].to_numpy() if clusters is not None
+                                else None,
+                                folds.loc[both.index].to_numpy() if folds is not None
+                                else None)
+            except VarianceNotEstimable as e:  # the AUCs stand; no test, and why
+                rows.append(row | {"auc_a": np.nan, "auc_b": np.nan, "difference": np.nan,
+                                   "se": np.nan, "z": np.nan, "p_value": np.nan,
+                                   "note": f"no test: {e}"})
+                continue
+            rows.append(row | {"auc_a": r.auc1, "auc_b": r.auc2, "difference": r.difference,
+                               "se": r.se, "z": r.z, "p_value": r.p_value, "note": ""})
     out = pd.DataFrame(rows, columns=["task", "model_a", "model_b", "n", "auc_a", "auc_b",
-                                      "difference", "se", "z", "p_value"])
+                                      "difference", "se", "z", "p_value", "note"])
     out["p_holm"] = np.nan
     groups = [out.index] if family == "study" else [g.index for _, g in out.groupby(
         "task", sort=False)]
     for idx in groups:
-        if len(idx):
-            out.loc[idx, "p_holm"] = multipletests(out.loc[idx, "p_value"], alpha=alpha,
-                                                   method="holm")[1]
+        tested = out.loc[idx, "p_value"].dropna().index  # Holm over the tests made
+        if len(tested):
+            out.loc[tested, "p_holm"] = multipletests(out.loc[tested, "p_value"], alpha=alpha,
+                                                      method="holm")[1]
     return out

@@ -62,6 +62,9 @@ def statistics(run_dir: Path, cfg: StudyConfig, metrics: pd.DataFrame) -> dict:
                           "prevalence": float(g["label"].mean())})
     pooling = pd.read_csv(run_dir / rf.AUC_POOLING)
     comparisons = pd.read_csv(run_dir / rf.COMPARISONS)
+    if "note" not in comparisons:  # a run folder from before notes existed
+        comparisons["note"] = ""
+    comparisons["note"] = comparisons["note"].fillna("")
     return {
         "levels": [{"name": lv, "text": LEVEL_TEXT[lv],
                     "boot": paper_table(metrics, "bootstrap", lv).to_dict(orient="records"),
