@@ -1,7 +1,7 @@
 """Training-step throughput: posturescreen's training path vs a plain reference loop.
 
     python benchmarks/train_step.py --data ../shared/data/posturecoach/manifest.csv \\
-        [--model resnet50] [--size 224] [--batch 16] [--steps 6] [--threads 2] \\
+        [--model resnet50] [--size N] [--batch 16] [--steps 6] [--threads N] \\
         [--variants default,fp32,channels_last,bf16,channels_last+bf16]
 
 Reference: a torchvision model fed by a default DataLoader whose Dataset opens the JPEG
@@ -13,7 +13,9 @@ optimiser and threads, measured in the same run. Variants of ours: `default` tra
 threads and optimiser resolved by the functions the study calls), then channels_last, bf16
 autocast (as the study runs it: 5x5 depthwise convolutions kept in fp32 on CPU; `allbf16`:
 every layer in bf16), torch.compile (compile time printed, not counted), fused AdamW
-(`fused`).
+(`fused`). Steps only, from random draws of the cache: no learning-rate schedule, no
+epoch's partial last batch or fp32 inner-validation pass (benchmarks/epoch_profile.py
+times those), random initial weights (speed does not depend on the values).
 Prints images/s, the data-wait share of step time and the ratio ours / reference.
 Targets: default >= 2.5x the reference for resnet50 on a CPU with native bf16; data wait
 < 10%.
@@ -152,13 +154,16 @@ def main() -> None:
     ap.add_argument("--label", default="posture", help="label column")
     ap.add_argument("--positive", default="bad", help="value of the label column = 1")
     ap.add_argument("--model", default="resnet50")
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--size", type=int, default=None,
+                    help="input size; default: the model's own, as the study uses")
     ap.add_argument("--batch", type=int, default=TrainConfig().batch_size)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for every row; default: the study's (all cores)")
     ap.add_argument("--variants", default="default,fp32,channels_last,bf16,channels_last+bf16")
     args = ap.parse_args()
     default_threads = resolve_threads(TrainConfig())  # before this script sets any
+    args.threads = args.threads or default_threads
     torch.set_num_threads(args.threads)
     table = pd.read_csv(args.data)
     paths = [str(args.data.parent / p) for p in table["image"]]
@@ -178,7 +183,7 @@ def main() -> None:
     images = cache.arrays[prep.input_size]
     for variant in args.variants.split(","):
         if variant == "default":
-            label, (ips, wait) = study_default(args, images, labels, prep, default_threads)
+            label, (ips, wait) = study_default(args, images, labels, prep, args.threads)
             print(f"ours [{'default':>22}]: {ips:6.2f} img/s, data wait {wait:5.1%}, "
                   f"ratio vs reference {ips / ref_ips:4.2f}x  ({label})")
             continue

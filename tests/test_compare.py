@@ -229,15 +229,31 @@ def test_a_fold_of_one_cluster_gives_no_test_and_says_why():
     session[np.isin(worker, pair)] = -1  # ... photographed in one session
     fold = np.where(session == -1, 0, 1 + worker % 3)
     worker = session
-    with pytest.raises(VarianceNotEstimable, match="fold 0 holds a single"):
+    with pytest.raises(VarianceNotEstimable, match="fold 0: its positives come from a single"
+                       ) as caught:
         delong_test(y, s1, s2, clusters=worker, strata=fold)
+    from posturescreen.metrics import binary_metrics
+    assert caught.value.aucs[0] == pytest.approx(
+        binary_metrics(y, s1, s1 > 0, strata=fold)["AUC"])  # the AUCs stand
     rows = [{"task": "T", "model": m, "row": i, "subject": str(worker[i]), "label": y[i],
              "prob": s[i], "fold": fold[i]} for m, s in (("a", s1), ("b", s2), ("c", -s1))
             for i in range(len(y))]
     df = pd.DataFrame(rows)
     out = compare_models(df, cluster_column="subject", stratified=True)
     assert out["p_value"].isna().all() and out["note"].str.startswith("no test: fold 0").all()
+    assert out["auc_a"].notna().all() and out["p_holm"].isna().all()
     # without stratification the same data are testable, and Holm covers the tests made
     plain = compare_models(df, cluster_column="subject")
     assert plain["p_value"].notna().all() and (plain["note"] == "").all()
     assert np.allclose(plain["p_holm"], multipletests(plain["p_value"], method="holm")[1])
+
+
+def test_one_positive_worker_gives_no_test_even_unstratified():
+    # its positive side would add zero variance: a falsely precise test
+    y = np.array([1, 1, 1, 0, 0, 0, 0])
+    worker = np.array([7, 7, 7, 1, 2, 3, 4])
+    s1, s2 = np.array([3.0, 1, 5, 2, 4, 0, 6]), np.array([2.0, 6, 4, 1, 0, 5, 3])
+    with pytest.raises(VarianceNotEstimable, match="the data: its positives"):
+        delong_test(y, s1, s2, clusters=worker)
+    r = delong_test(y, s1, s2)  # photos as units: three positives, testable
+    assert np.isfinite(r.se) and r.se > 0

@@ -198,6 +198,12 @@ def test_ray_options_without_the_ray_executor_are_refused(tiny_manifest, tmp_pat
     result = CliRunner().invoke(app, ["study", "--data", str(tiny_manifest), "--out",
                                       str(tmp_path / "r"), "--ray-address", "auto"])
     assert result.exit_code == 2 and "need --executor ray" in result.output
+    result = CliRunner().invoke(app, ["study", "--data", str(tiny_manifest), "--out",
+                                      str(tmp_path / "r"), "--executor", "ray",
+                                      "--ray-cpus-per-job", "2", "--set", "train.threads=1"],
+                                terminal_width=200)
+    assert result.exit_code == 2 and "differ" in result.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_job_waves_run_dependencies_first_and_keep_order():

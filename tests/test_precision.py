@@ -54,6 +54,9 @@ def _net() -> nn.Sequential:
 def test_depthwise_5x5_layers_train_in_fp32_under_bf16_on_cpu():
     net = _net()
     assert keep_slow_bf16_layers_fp32(net, CPU, "bf16") == 1
+    wrapper = vars(net[1])["forward"]
+    assert keep_slow_bf16_layers_fp32(net, CPU, "bf16") == 1  # once: not wrapped twice
+    assert vars(net[1])["forward"] is wrapper
     dtypes = []
     for layer in net:
         layer.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))

@@ -97,6 +97,23 @@ def test_resume_skips_done_jobs_and_gives_identical_metrics(finished_run, tmp_pa
     assert (full_dir / "predictions.csv").read_bytes() == (run_dir / "predictions.csv").read_bytes()
 
 
+def test_resume_in_another_training_precision_is_refused(finished_run, tmp_path, monkeypatch):
+    # `precision: auto` is one config but resolves per machine (bf16 with native bf16)
+    cfg, full_dir, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(full_dir, copy)
+    fold = copy / "NSP" / "test_resnet" / "fold1"
+    used = json.loads((fold / "fold.json").read_text())["training_precision"]
+    (fold / "predictions.csv").unlink()  # one job left to train
+    other = "fp32" if used == "bf16" else "bf16"
+    monkeypatch.setattr("posturescreen.pipeline.training_precision", lambda d, p: other)
+    with pytest.raises(RunFolderConflict, match=f"add --set train.precision={used}"):
+        run_study(cfg, copy)
+    monkeypatch.setattr("posturescreen.pipeline.training_precision", lambda d, p: used)
+    run_study(cfg, copy)  # the same precision: finishes, with the same numbers
+    assert (full_dir / "metrics.csv").read_bytes() == (copy / "metrics.csv").read_bytes()
+
+
 def test_run_folder_from_other_config_is_refused(finished_run, tmp_path):
     cfg, full_dir, _ = finished_run
     copy = tmp_path / "copy"

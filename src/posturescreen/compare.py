@@ -45,8 +45,14 @@ def placements(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 class VarianceNotEstimable(ValueError):
-    """A clustered variance from a single cluster: there is no between-cluster spread to
-    estimate it from (e.g. a fold that holds one capture session)."""
+    """DeLong's variance needs at least two units (workers, or photos when unclustered) on
+    each side, positives and negatives, in every fold: with one, that side's spread is zero
+    by construction and the test would be falsely precise (e.g. a fold that is one capture
+    session). `aucs`: the two (fold-weighted) AUCs, which stand without a variance."""
+
+    def __init__(self, message: str, aucs: tuple[float, float] = (np.nan, np.nan)):
+        super().__init__(message)
+        self.aucs = aucs
 
 
 @dataclass(frozen=True)
@@ -81,12 +87,14 @@ def _delong_cov(y: np.ndarray, s1: np.ndarray, s2: np.ndarray,
     d10 = sum10 - m * aucs[:, None]  # (2, clusters with positives)
     d01 = sum01 - n * aucs[:, None]
     i10, i01 = d10.shape[1], d01.shape[1]
-    cov = (i10 / max(i10 - 1, 1)) * (d10 @ d10.T) / n_pos**2
-    cov += (i01 / max(i01 - 1, 1)) * (d01 @ d01.T) / n_neg**2
+    if min(i10, i01) < 2:
+        side = "positives" if i10 < 2 else "negatives"
+        raise VarianceNotEstimable(f"its {side} come from a single worker/cluster",
+                                   (auc1, auc2))
+    cov = (i10 / (i10 - 1)) * (d10 @ d10.T) / n_pos**2
+    cov += (i01 / (i01 - 1)) * (d01 @ d01.T) / n_neg**2
     # workers with photos of both classes add a cross term (none when labels are per worker)
     both = sorted(set(clusters[y]) & set(clusters[~y]))
-    if len(pd.unique(clusters)) < 2:
-        raise VarianceNotEstimable("one cluster holds every case")
     if both:
         pi = {c: k for k, c in enumerate(pd.unique(clusters[y]))}
         ni = {c: k for k, c in enumerate(pd.unique(clusters[~y]))}
@@ -109,22 +117,25 @@ def delong_test(y_true: np.ndarray, scores1: np.ndarray, scores2: np.ndarray,
     s1, s2 = np.asarray(scores1, float), np.asarray(scores2, float)
     clusters = np.arange(len(y)) if clusters is None else np.asarray(clusters)
     strata = np.zeros(len(y), dtype=int) if strata is None else np.asarray(strata)
-    parts = []
+    parts, untestable = [], []
     for k in pd.unique(strata):
         m = strata == k
         pairs = int(y[m].sum()) * int((~y[m]).sum())
         if pairs:
             try:
                 parts.append((pairs, *_delong_cov(y[m], s1[m], s2[m], clusters[m])))
-            except VarianceNotEstimable as e:
+            except VarianceNotEstimable as e:  # keep its AUCs for the weighted estimate
+                parts.append((pairs, np.array(e.aucs), np.full((2, 2), np.nan)))
                 where = f"fold {k}" if len(pd.unique(strata)) > 1 else "the data"
-                raise VarianceNotEstimable(
-                    f"{where} holds a single worker/cluster: its clustered DeLong variance "
-                    "cannot be estimated") from e
+                untestable.append(f"{where}: {e}")
     if not parts:
         raise ValueError("DeLong needs positives and negatives")
     total = sum(w for w, _, _ in parts)
     aucs = sum((w / total) * a for w, a, _ in parts)
+    if untestable:
+        raise VarianceNotEstimable(
+            f"{untestable[0]}, so the DeLong variance cannot be estimated",
+            (float(aucs[0]), float(aucs[1])))
     cov = sum((w / total) ** 2 * c for w, _, c in parts)
     auc1, auc2 = float(aucs[0]), float(aucs[1])
     var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
@@ -164,7 +175,8 @@ def compare_models(predictions: pd.DataFrame, alpha: float = 0.05,
                                 folds.loc[both.index].to_numpy() if folds is not None
                                 else None)
             except VarianceNotEstimable as e:  # the AUCs stand; no test, and why
-                rows.append(row | {"auc_a": np.nan, "auc_b": np.nan, "difference": np.nan,
+                auc_a, auc_b = e.aucs
+                rows.append(row | {"auc_a": auc_a, "auc_b": auc_b, "difference": auc_a - auc_b,
                                    "se": np.nan, "z": np.nan, "p_value": np.nan,
                                    "note": f"no test: {e}"})
                 continue

@@ -16,8 +16,10 @@ from posturescreen.config import StudyConfig
 from posturescreen.executors import Executor, JobsFailedError, LocalExecutor, job_waves
 from posturescreen.explain import explain_run
 from posturescreen.jobs import train_job, wave_of, write_job
+from posturescreen.precision import training_precision
 from posturescreen.report import build_report
 from posturescreen.results import collect_predictions, write_results
+from posturescreen.training import resolve_device
 
 
 def run_study(
@@ -36,6 +38,12 @@ def run_study(
     todo = [j for j in jobs if not j.is_done(ctx.run_dir)]
     if len(todo) < len(jobs):
         console.print(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} jobs already done")
+        kinds = {m.name: m.kind for m in cfg.models}
+        trains = any(kinds.get(j.model) == "cnn" for j in todo)
+        if trains and isinstance(executor, LocalExecutor):  # Ray resolves on its workers
+            device = resolve_device(cfg.train)
+            rf.check_training_precision(ctx.run_dir, [j for j in jobs if j.is_done(ctx.run_dir)],
+                                        training_precision(device, cfg.train.precision))
     if max_jobs is not None:
         todo = todo[:max_jobs]
 

@@ -36,15 +36,16 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
 
 
 def training_precision(device: torch.device, precision: str) -> str:
-    """`auto` -> bf16 on CUDA GPUs that support it and on CPUs with native bf16, fp32
-    elsewhere (same AUC on posturecoach and a synthetic cohort, 2x faster resnet50 steps on
-    CPU: docs/performance.md). Only training steps use it: every prediction (inner
+    """`auto` -> bf16 on CUDA GPUs that compute it natively and on CPUs with native bf16,
+    fp32 elsewhere (same AUC as fp32 on posturecoach and a full-size synthetic cohort, and
+    faster steps: docs/performance.md). Only training steps use it: every prediction (inner
     validation, test fold, CAMs, bundles) is fp32, so exported models reproduce the study's
     out-of-fold probabilities exactly."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        # emulated bf16 (V100, T4) is slower than fp32
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     return "bf16" if device.type == "cpu" and native_bf16_cpu() else "fp32"
 
 
@@ -62,15 +63,17 @@ class _Fp32Forward:
 def keep_slow_bf16_layers_fp32(model: nn.Module, device: torch.device, precision: str) -> int:
     """Under bf16 autocast on CPU, depthwise convolutions of 5x5 and larger train in fp32:
     oneDNN's bf16 weight-gradient kernel for them is its generic one, 2-3x slower than the
-    fp32 kernel, and cost EfficientNets most of bf16's gain (docs/performance.md). Returns
-    how many layers were kept in fp32."""
+    fp32 kernel, and cost EfficientNets most of bf16's gain (measured on an AVX-512 BF16
+    CPU, docs/performance.md). Changes the model in place, once (a second call finds the
+    layers kept already); returns how many layers are kept in fp32."""
     if precision != "bf16" or device.type != "cpu":
         return 0
     kept = 0
     for m in model.modules():
         if (isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
                 and max(m.kernel_size) >= 5):
-            m.forward = _Fp32Forward(m.forward, device.type)
+            if not isinstance(vars(m).get("forward"), _Fp32Forward):
+                m.forward = _Fp32Forward(m.forward, device.type)
             kept += 1
     return kept
 

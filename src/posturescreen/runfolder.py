@@ -27,6 +27,7 @@ runs/<name>/
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import re
 import sys
@@ -211,6 +212,23 @@ def check_run_folder(run_dir: Path, cfg: StudyConfig, data_hash: str | None) -> 
             f"{run_dir} holds a study made on different data (manifest or photos changed). "
             "Results are never mixed: choose another --out, or delete that folder."
         )
+
+
+def check_training_precision(run_dir: Path, done: list[Job], resolved: str) -> None:
+    """Refuse to finish a run in another training precision than its done jobs used (e.g.
+    `precision: auto` resolving to bf16 here, fp32 where the run began)."""
+    for job in done:
+        path = job.directory(run_dir) / FOLD_JSON
+        try:
+            used = json.loads(path.read_text()).get("training_precision")
+        except (OSError, ValueError):
+            continue
+        if used and used != resolved:
+            raise RunFolderConflict(
+                f"{run_dir}: {job} trained in {used}, and train.precision would train the "
+                f"rest in {resolved} here. Results are never mixed: add --set "
+                f"train.precision={used} to finish the run as it began, or choose another "
+                "--out.")
 
 
 def _diff_keys(a: object, b: object, prefix: str = "") -> list[str]:

@@ -99,6 +99,9 @@ def study(
     run_dir = out or Path("runs") / cfg.name
     if executor is ExecutorKind.local and (ray_address or ray_cpus_per_job):
         fail("--ray-address and --ray-cpus-per-job need --executor ray")
+    if ray_cpus_per_job and cfg.train.threads and ray_cpus_per_job != cfg.train.threads:
+        fail(f"--ray-cpus-per-job {ray_cpus_per_job} and train.threads {cfg.train.threads} "
+             "differ: a job would run that many threads on fewer (or more) CPUs; give one")
     ray = (RayExecutor(ray_address, ray_cpus_per_job or cfg.train.threads or 1,
                        console=err_console) if executor is ExecutorKind.ray else None)
     with ray or nullcontext():

@@ -67,7 +67,8 @@ def _kind_table(cfg: StudyConfig, metrics: pd.DataFrame, comparisons: pd.DataFra
             rows.append({"task": task, "model": r.model, "kind": kinds.get(r.model, "cnn"),
                          "auc": format_estimate(r.estimate, r.ci_low, r.ci_high),
                          "vs": best if p is not None else "",
-                         "p": format_p(p) if p is not None else ""})
+                         "p": ("" if p is None else format_p(p) if np.isfinite(p)
+                               else "no test (see Model comparisons)")})
     return rows
 
 
