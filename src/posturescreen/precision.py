@@ -62,7 +62,7 @@ class _Fp32Forward:
 
 def keep_slow_bf16_layers_fp32(model: nn.Module, device: torch.device, precision: str) -> int:
     """Under bf16 autocast on CPU, depthwise convolutions of 5x5 and larger train in fp32:
-    oneDNN's bf16 weight-gradient kernel for them is its generic one, 2-3x slower than the
+    oneDNN's bf16 weight-gradient kernel for them is its generic one, slower than the
     fp32 kernel, and cost EfficientNets most of bf16's gain (measured on an AVX-512 BF16
     CPU, docs/performance.md). Changes the model in place, once (a second call finds the
     layers kept already); returns how many layers are kept in fp32."""
