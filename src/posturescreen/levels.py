@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 
 from posturescreen.bootstrap import stratified_auc
 from posturescreen.config import ThresholdConfig
-from posturescreen.metrics import auc_score, youden_threshold
+from posturescreen.metrics import auc_score, rule_threshold
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -74,9 +74,6 @@ class Calibrator:
         return asdict(self)
 
 
-def _threshold(rule: ThresholdConfig, y: np.ndarray, prob: np.ndarray) -> float:
-    return youden_threshold(y, prob) if rule.rule == "youden" else rule.value
-
 
 def _workers(frame: pd.DataFrame, subject_column: str, aggregate: str) -> pd.DataFrame:
     g = frame.groupby(subject_column, sort=False)
@@ -98,9 +95,9 @@ def level_predictions(test: pd.DataFrame, val: pd.DataFrame, subject_column: str
         v = val[(val.task == task) & (val.model == model) & (val.fold == fold)]
         cal = Calibrator.fit(v["label"].to_numpy(), v["prob"].to_numpy())
         v_cal = v.assign(prob=cal(v["prob"].to_numpy()))
-        t_photo = _threshold(rule, v_cal["label"].to_numpy(), v_cal["prob"].to_numpy())
+        t_photo = rule_threshold(rule, v_cal["label"].to_numpy(), v_cal["prob"].to_numpy())
         vw = _workers(v_cal, subject_column, aggregate)
-        t_worker = _threshold(rule, vw["label"].to_numpy(), vw["prob"].to_numpy())
+        t_worker = rule_threshold(rule, vw["label"].to_numpy(), vw["prob"].to_numpy())
         photo = t.assign(prob_raw=t["prob"].astype(np.float64),
                          prob=cal(t["prob"].to_numpy()), threshold=t_photo)
         photo["pred"] = (photo["prob"] >= t_photo).astype(int)

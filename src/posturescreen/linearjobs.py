@@ -23,7 +23,7 @@ from posturescreen.anglemodel import AngleModel, FusionModel
 from posturescreen.angles import ANGLES
 from posturescreen.config import ThresholdConfig
 from posturescreen.errors import PostureScreenError
-from posturescreen.metrics import youden_threshold
+from posturescreen.metrics import rule_threshold
 from posturescreen.poses import angle_features
 from posturescreen.splits import FoldSplit
 
@@ -41,9 +41,6 @@ class FittedLinear:
     val_idx: np.ndarray | None = None  # default: the inner validation split
     y_val: np.ndarray | None = None
 
-
-def _threshold(rule: ThresholdConfig, y: np.ndarray, prob: np.ndarray) -> float:
-    return youden_threshold(y, prob) if rule.rule == "youden" else rule.value
 
 
 def _angle_model(angles: pd.DataFrame, idx: np.ndarray, y: np.ndarray,
@@ -75,7 +72,7 @@ def fit_angle_job(angles: pd.DataFrame, split: FoldSplit, C: float, rule: Thresh
     groups = cohort.loc[train, subject_column].astype(str).to_numpy()
     cv_prob = _cross_validated_angles(angles, train, y, groups, C)
     test_prob = model.predict(model.matrix(_columns(angles, split.test)))
-    threshold = _threshold(rule, y, cv_prob)
+    threshold = rule_threshold(rule, y, cv_prob)
     info = {"threshold": threshold, "threshold_rule": rule.rule,
             "features": model.features, "coefficients_per_sd": model.importance(),
             "fitted_on": "all training photos (inner train and validation); threshold and "
@@ -136,7 +133,7 @@ def fit_fusion_job(angles: pd.DataFrame, split: FoldSplit, C: float, rule: Thres
                       "cross-validate the fusion; its threshold uses in-sample scores",
                       stacklevel=2)
         val_prob, how = fusion.predict(cnn_val, a_val), "in-sample"
-    threshold = _threshold(rule, split.y_val, val_prob)
+    threshold = rule_threshold(rule, split.y_val, val_prob)
     info = {"threshold": threshold, "threshold_rule": rule.rule,
             "threshold_scores": how, "features": angle_model.features,
             "coefficients_per_sd": angle_model.importance(),

@@ -24,6 +24,7 @@ from scipy import stats
 from sklearn.metrics import roc_curve
 
 from posturescreen.bootstrap import METRICS, bootstrap_ci, weighted_metrics
+from posturescreen.config import ThresholdConfig
 
 LEVELS = ("worker", "photo")
 
@@ -74,6 +75,11 @@ def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
         mids.append((upper + lower) / 2)
     mids = np.asarray(mids)
     return float(mids[np.argmin(np.abs(mids - 0.5))])
+
+
+def rule_threshold(rule: ThresholdConfig, y_true: np.ndarray, prob: np.ndarray) -> float:
+    """The threshold the config's rule gives on these (validation) predictions."""
+    return youden_threshold(y_true, prob) if rule.rule == "youden" else rule.value
 
 
 def t_interval(
@@ -184,4 +190,4 @@ def paper_table(metrics: pd.DataFrame, ci_kind: str, level: str | None = None) -
 
 __all__ = ["LEVELS", "METRICS", "auc_score", "binary_metrics", "bootstrap_ci",
            "format_estimate", "format_p", "paper_table", "per_fold_metrics", "summarize",
-           "t_interval", "youden_threshold"]
+           "rule_threshold", "t_interval", "youden_threshold"]

@@ -38,8 +38,8 @@ def run_study(
     todo = [j for j in jobs if not j.is_done(ctx.run_dir)]
     if len(todo) < len(jobs):
         console.print(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} jobs already done")
-        kinds = {m.name: m.kind for m in cfg.models}
-        trains = any(kinds.get(j.model) == "cnn" for j in todo)
+        cnns = {m.name for m in cfg.cnn_models()}
+        trains = any(j.model in cnns for j in todo)
         if trains and isinstance(executor, LocalExecutor):  # Ray resolves on its workers
             device = resolve_device(cfg.train)
             rf.check_training_precision(ctx.run_dir, [j for j in jobs if j.is_done(ctx.run_dir)],

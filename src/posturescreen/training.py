@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from posturescreen.config import AugmentConfig, ThresholdConfig, TrainConfig
-from posturescreen.metrics import youden_threshold
+from posturescreen.metrics import rule_threshold
 from posturescreen.models import Preprocessing
 from posturescreen.precision import autocast_for, keep_slow_bf16_layers_fp32, training_precision
 
@@ -287,10 +287,7 @@ def train_fold(
 
     assert best_state is not None and best_val_prob is not None
     model.load_state_dict(best_state)
-    if threshold.rule == "youden":
-        thr = youden_threshold(data.y_val, best_val_prob)
-    else:
-        thr = threshold.value
+    thr = rule_threshold(threshold, data.y_val, best_val_prob)
     test_prob = predict_probs(
         model, data.images[data.test_idx], prep, device, cfg.batch_size * 2, "fp32",
         cfg.channels_last,
