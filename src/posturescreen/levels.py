@@ -30,7 +30,8 @@ from posturescreen.config import ThresholdConfig
 from posturescreen.metrics import auc_score, rule_threshold
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 − p)), p clipped to [1e-7, 1 − 1e-7] so 0 and 1 stay finite."""
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
     return np.log(p / (1 - p))
 
@@ -46,7 +47,7 @@ class Calibrator:
     @classmethod
     def fit(cls, y: np.ndarray, prob: np.ndarray) -> Calibrator:
         y = np.asarray(y, dtype=int)
-        z = _logit(prob)
+        z = logit(prob)
         if len(np.unique(y)) < 2 or np.ptp(z) == 0:
             return cls._shift(y, z, "one class or one score: level shift only")
         # unpenalised (C large): a calibration, not a shrinkage
@@ -67,7 +68,7 @@ class Calibrator:
         return cls(1.0, float(b), note)
 
     def __call__(self, prob: np.ndarray) -> np.ndarray:
-        z = self.slope * _logit(prob) + self.intercept
+        z = self.slope * logit(prob) + self.intercept
         return 1.0 / (1.0 + np.exp(-z))
 
     def to_dict(self) -> dict[str, float | str]:

@@ -13,13 +13,9 @@ from sklearn.metrics import brier_score_loss
 
 from posturescreen import runfolder as rf
 from posturescreen.config import StudyConfig
+from posturescreen.levels import logit
 from posturescreen.metrics import format_estimate, paper_table
 from posturescreen.results import LEVEL_TEXT, levels_in_order
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
 
 
 def calibration_stats(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
@@ -29,7 +25,7 @@ def calibration_stats(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     out = {"brier": float(brier_score_loss(y, prob)), "slope": float("nan"),
            "intercept": float("nan")}
     if len(np.unique(y)) == 2 and np.ptp(np.asarray(prob, dtype=float)) > 0:
-        lr = LogisticRegression(C=1e6, max_iter=5000).fit(_logit(prob)[:, None], y)
+        lr = LogisticRegression(C=1e6, max_iter=5000).fit(logit(prob)[:, None], y)
         out.update(slope=float(lr.coef_[0, 0]), intercept=float(lr.intercept_[0]))
     return out
 
