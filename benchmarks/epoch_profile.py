@@ -92,6 +92,7 @@ def main() -> None:
         job = ctx.jobs()[0]
         print(f"{job}: batch {cfg.train.batch_size}, {torch.get_num_threads()} threads, "
               f"{args.epochs} epochs per run")
+        epochs: dict[str, list[float]] = {"fp32": [], "bf16": []}
         for r in range(args.rounds):
             for precision in ("fp32", "bf16"):
                 ctx.cfg.train.epochs = ctx.cfg.train.patience = args.epochs
@@ -101,6 +102,10 @@ def main() -> None:
                 print(f"round {r + 1} {precision}: {time.perf_counter() - t0:.1f} s in all, "
                       f"{n_train} training photos")
                 summary(f"{precision} r{r + 1}", times, cfg.train.batch_size, n_train)
+                epochs[precision] += [e["total"] for e in times.epochs]
+        fp32, bf16 = (statistics.median(epochs[p]) for p in ("fp32", "bf16"))
+        print(f"median epoch: fp32 {fp32:.2f} s, bf16 {bf16:.2f} s, ratio fp32/bf16 "
+              f"{fp32 / bf16:.2f}x")
         if args.contend:
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
             try:
