@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from posturescreen.config import StudyConfig, load_config
+from posturescreen.config.study import StudyConfig, load_config
 
 # tests talk to nothing but loopback: no library telemetry
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -12,10 +12,10 @@ from fake_bundle import make_bundle, read_metadata, write_metadata
 from PIL import Image
 from typer.testing import CliRunner
 
-from posturescreen import bundle as bundle_module
-from posturescreen.bundle import BundleError, load_bundle
 from posturescreen.cli import app
-from posturescreen.models import sha256_file
+from posturescreen.models.cnn import sha256_file
+from posturescreen.screening import bundle as bundle_module
+from posturescreen.screening.bundle import BundleError, load_bundle
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ except ImportError:  # not POSIX
     resource = None
 from posturescreen import files
 from posturescreen.cli import app
-from posturescreen.config import load_config
+from posturescreen.config.study import load_config
 from posturescreen.data.images import ImageReadError, read_image_file
 from posturescreen.data.manifest import ManifestError, load_manifest
 from posturescreen.files import OutputError
-from posturescreen.folds import FoldError
 from posturescreen.pipeline import run_study
+from posturescreen.study.folds import FoldError
 
 ONE_TASK = "tasks=[{name: CH, positive: 'ch == 1'}]"
 

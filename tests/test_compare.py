@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
-from posturescreen.compare import (
+from posturescreen.stats.compare import (
     VarianceNotEstimable,
     compare_models,
     delong_test,
@@ -208,7 +208,7 @@ def test_fold_stratified_delong_combines_folds_and_matches_a_bootstrap():
     one = delong_test(y, s1, s2, clusters=worker, strata=np.zeros(len(y)))
     assert one.z == pytest.approx(delong_test(y, s1, s2, clusters=worker).z, rel=1e-12)
     r = delong_test(y, s1, s2, clusters=worker, strata=fold)
-    from posturescreen.metrics import binary_metrics
+    from posturescreen.stats.metrics import binary_metrics
     assert r.auc1 == pytest.approx(binary_metrics(y, s1, s1 > 0, strata=fold)["AUC"])
     diffs = []
     members = [np.flatnonzero(worker == w) for w in np.unique(worker)]
@@ -232,7 +232,7 @@ def test_a_fold_of_one_cluster_gives_no_test_and_says_why():
     with pytest.raises(VarianceNotEstimable, match="fold 0: its positives come from a single"
                        ) as caught:
         delong_test(y, s1, s2, clusters=worker, strata=fold)
-    from posturescreen.metrics import binary_metrics
+    from posturescreen.stats.metrics import binary_metrics
     assert caught.value.aucs[0] == pytest.approx(
         binary_metrics(y, s1, s1 > 0, strata=fold)["AUC"])  # the AUCs stand
     rows = [{"task": "T", "model": m, "row": i, "subject": str(worker[i]), "label": y[i],

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from posturescreen.config import ConfigError, StudyConfig, load_config
+from posturescreen.config.study import ConfigError, StudyConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

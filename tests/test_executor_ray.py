@@ -20,15 +20,15 @@ from typer.testing import CliRunner
 
 from conftest import TINY_OVERRIDES
 from posturescreen.cli import app
-from posturescreen.cohort import prepare_study
-from posturescreen.config import load_config
+from posturescreen.config.study import load_config
 from posturescreen.errors import MissingExtraError
-from posturescreen.executor_ray import RayExecutor, RayResourcesError
-from posturescreen.executors import JobsFailedError, job_waves
-from posturescreen.jobs import train_job, write_job
+from posturescreen.models.precision import training_precision
 from posturescreen.pipeline import run_study
-from posturescreen.precision import training_precision
 from posturescreen.runfolder import Job
+from posturescreen.study.executors import JobsFailedError, job_waves
+from posturescreen.study.jobs import train_job, write_job
+from posturescreen.study.prepare import prepare_study
+from posturescreen.study.ray_executor import RayExecutor, RayResourcesError
 
 TESTS = Path(__file__).resolve().parent
 # two tasks x three folds of a 32 px model: six jobs of about a second each

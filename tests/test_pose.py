@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_OVERRIDES
-from posturescreen.config import load_config
+from posturescreen.config.study import load_config
+from posturescreen.data.deid import blur_chw, blur_face, face_in_frame
 from posturescreen.data.images import Frame, crop_region
 from posturescreen.data.synthetic import generate_cohort
-from posturescreen.deid import blur_chw, blur_face, face_in_frame
 from posturescreen.pipeline import run_study
-from posturescreen.pose import PoseEstimator
+from posturescreen.posture.estimator import PoseEstimator
 
 
 @pytest.fixture(scope="module")

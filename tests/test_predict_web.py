@@ -18,16 +18,16 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from posturescreen.bundle import BundleError, load_bundle
 from posturescreen.cli import app as cli
-from posturescreen.config import load_config
+from posturescreen.config.study import load_config
 from posturescreen.data.images import read_image_file
 from posturescreen.data.synthetic import generate_cohort
-from posturescreen.export import export_bundle
 from posturescreen.pipeline import run_study
-from posturescreen.predict import predict_image
 from posturescreen.runfolder import load_run
-from posturescreen.web.app import create_app
+from posturescreen.screening.bundle import BundleError, load_bundle
+from posturescreen.screening.export import export_bundle
+from posturescreen.screening.predict import predict_image
+from posturescreen.screening.web.app import create_app
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def study(tmp_path_factory):
         "image_size: 64}]", "tasks=[{name: CH, positive: 'ch == 1'}]", "cv.folds=2",
         "train.epochs=2", "train.batch_size=8", "metrics.bootstrap=50"])
     run_study(cfg, root / "run")
-    bundle = export_bundle(root / "run", "CH", "test_resnet", root / "bundle")
+    bundle = export_bundle(root / "run", task="CH", model="test_resnet", out=root / "bundle")
     return root, manifest, bundle
 
 
@@ -57,12 +57,12 @@ def test_bundle_metadata_and_zip(study, tmp_path):
     assert meta["threshold"]["rule"] == "youden" and "inner validation" in meta["threshold"]["how"]
     assert len(meta["folds"]) == 2 and all(len(f["sha256"]) == 64 for f in meta["folds"])
     assert {m["metric"] for m in meta["metrics"]} >= {"AUC", "Sen", "Spe"}
-    zipped = export_bundle(root / "run", "CH", "test_resnet", tmp_path / "b.zip")
+    zipped = export_bundle(root / "run", task="CH", model="test_resnet", out=tmp_path / "b.zip")
     assert load_bundle(zipped).threshold == pytest.approx(meta["threshold"]["value"])
     with pytest.raises(BundleError, match="already exists"):
-        export_bundle(root / "run", "CH", "test_resnet", folder)
+        export_bundle(root / "run", task="CH", model="test_resnet", out=folder)
     with pytest.raises(BundleError, match="task 'XX'"):
-        export_bundle(root / "run", "XX", "test_resnet", tmp_path / "x")
+        export_bundle(root / "run", task="XX", model="test_resnet", out=tmp_path / "x")
     tampered = tmp_path / "tampered"
     shutil.copytree(folder, tampered)
     (tampered / "fold0.safetensors").write_bytes(b"not weights")

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_OVERRIDES
-from posturescreen.config import load_config
-from posturescreen.metrics import format_estimate
+from posturescreen.config.study import load_config
 from posturescreen.pipeline import run_study
+from posturescreen.stats.metrics import format_estimate
 
 SECTIONS = ("header", "data", "methods", "results", "roc", "confusion", "calibration",
             "comparisons", "sensitivity", "posture", "cams", "limitations", "checklist")

@@ -8,11 +8,11 @@ from typer.testing import CliRunner
 
 from conftest import TINY_OVERRIDES, make_cohort
 from posturescreen.cli import app
-from posturescreen.config import ConfigError, load_config
+from posturescreen.config.study import ConfigError, load_config
 from posturescreen.data.manifest import ManifestError
 from posturescreen.pipeline import run_study
 from posturescreen.runfolder import RunFolderConflict
-from posturescreen.tasks import all_task_labels, class_counts
+from posturescreen.study.tasks import all_task_labels, class_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 

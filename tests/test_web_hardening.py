@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 from PIL import EpsImagePlugin, Image
 from typer.testing import CliRunner
 
-from posturescreen.bundle import load_bundle
 from posturescreen.cli import app
-from posturescreen.web.app import create_app
-from posturescreen.web.hosts import allowed_hosts
+from posturescreen.screening.bundle import load_bundle
+from posturescreen.screening.web.app import create_app
+from posturescreen.screening.web.hosts import allowed_hosts
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_a_dropped_upload_is_one_log_line(bundle, caplog):
     with caplog.at_level(logging.INFO):
         asyncio.run(_call(asgi, [{"type": "http.request", "body": b"\xff\xd8" * 10,
                                   "more_body": True}, {"type": "http.disconnect"}]))
-    mine = [r for r in caplog.records if r.name == "posturescreen.web"]
+    mine = [r for r in caplog.records if r.name == "posturescreen.screening.web"]
     assert [r.getMessage() for r in mine] == ["upload dropped by the client after 20 bytes"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 

@@ -12,9 +12,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from posturescreen.agreement import formatted_agreement, measure_agreement, write_agreement
 from posturescreen.cli.app import app, console, err_console, fail
-from posturescreen.config import DataConfig, load_config
+from posturescreen.config.study import DataConfig, load_config
 from posturescreen.data.manifest import load_manifest
 from posturescreen.data.synthetic import (
     balanced_cells,
@@ -24,14 +23,15 @@ from posturescreen.data.synthetic import (
     paper_photo_count,
 )
 from posturescreen.demo import demo_cohort, demo_config
-from posturescreen.executor_ray import RayExecutor
 from posturescreen.explain import enrichment_table, explain_run
 from posturescreen.pipeline import run_study
+from posturescreen.posture.agreement import formatted_agreement, measure_agreement, write_agreement
 from posturescreen.progress import progress_bar
 from posturescreen.report import build_report
 from posturescreen.report.tracking import log_to_mlflow
-from posturescreen.results import print_results
 from posturescreen.runfolder import cam_dir
+from posturescreen.study.ray_executor import RayExecutor
+from posturescreen.study.results import print_results
 
 
 class ExecutorKind(StrEnum):
@@ -41,7 +41,7 @@ class ExecutorKind(StrEnum):
 
 @app.command()
 def study(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="study YAML")] = None,
+    *, config: Annotated[Path | None, typer.Option("--config", "-c", help="study YAML")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="manifest CSV")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="run folder (default runs/<name>)")
@@ -109,12 +109,19 @@ def study(
     if metrics is None:
         console.print(f"stopped after {max_jobs} job(s); rerun the same command to continue")
         return
-    print_results(metrics, run_dir, console, cfg.metrics.ci_level, cfg.metrics.primary_level)
+    print_results(
+        metrics,
+        run_dir,
+        console=console,
+        ci_level=cfg.metrics.ci_level,
+        level=cfg.metrics.primary_level,
+    )
 
 
 @app.command()
 def validate(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV")],
+    *,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="study YAML (for column names)")
     ] = None,
@@ -146,28 +153,42 @@ def validate(
 @app.command()
 def agreement(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV with landmark columns")],
+    *,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="study YAML (for column names)")
     ] = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="folder for agreement.csv, the per-photo angles and a Bland–Altman plot")
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="folder for agreement.csv, the per-photo angles and a Bland–Altman plot"
+        ),
     ] = None,
-    min_visibility: Annotated[float, typer.Option(
-        help="estimator points less visible than this are not used")] = 0.5,
+    min_visibility: Annotated[
+        float, typer.Option(help="estimator points less visible than this are not used")
+    ] = 0.5,
 ) -> None:
     """How well the pose estimator's angles agree with hand-placed landmarks: bias, MAE,
     Bland–Altman limits and ICC(2,1) per angle."""
     data_cfg = load_config(config).data if config else DataConfig(label_columns=[])
     with progress_bar(err_console) as progress:
         bar = progress.add_task("finding poses", total=None)
-        table, hand, est = measure_agreement(manifest, data_cfg, min_visibility,
-                                             lambda n: progress.advance(bar, n),
-                                             lambda n: progress.update(bar, total=n))
+        table, hand, est = measure_agreement(
+            manifest,
+            data_cfg,
+            min_visibility=min_visibility,
+            progress=lambda n: progress.advance(bar, n),
+            total=lambda n: progress.update(bar, total=n),
+        )
     if table.empty:
-        fail(f"{manifest}: no angle could be measured both from landmark columns (<name>_x, "
-             "<name>_y for ear, c7 or shoulder, hip, ...) and by the estimator")
-    t = Table(title="estimator vs hand-placed landmarks", title_justify="left",
-              caption="bias = estimator − hand; LoA: Bland–Altman 95% limits of agreement")
+        fail(
+            f"{manifest}: no angle could be measured both from landmark columns (<name>_x, "
+            "<name>_y for ear, c7 or shoulder, hip, ...) and by the estimator"
+        )
+    t = Table(
+        title="estimator vs hand-placed landmarks",
+        title_justify="left",
+        caption="bias = estimator − hand; LoA: Bland–Altman 95% limits of agreement",
+    )
     rows = formatted_agreement(table)
     for col in rows.columns:
         t.add_column(col)
@@ -175,16 +196,18 @@ def agreement(
         t.add_row(*r)
     console.print(t)
     if out is not None:
-        write_agreement(out, table, hand, est)
+        write_agreement(out, table=table, hand=hand, estimator=est)
         console.print(f"written: {out.resolve()}")
 
 
 @app.command()
 def synth(
+    *,
     out: Annotated[Path, typer.Option("--out", help="folder to write the cohort into")],
     subjects: Annotated[int, typer.Option(help="workers (531: the paper's exact counts)")] = 531,
-    seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes",
-                                      min=0, max=2**32 - 1)] = 0,
+    seed: Annotated[
+        int, typer.Option(help="random seed; same seed, same bytes", min=0, max=2**32 - 1)
+    ] = 0,
     size: Annotated[int, typer.Option(help="photo size in pixels (square)")] = 384,
     photos: Annotated[
         int | None, typer.Option(help="number of photos (default: the paper's 904/531 per worker)")
@@ -212,7 +235,7 @@ def synth(
 ) -> None:
     """Generate the synthetic cohort: photos, region masks, manifest.csv, generator.json."""
     n_photos = photos if photos is not None else paper_photo_count(subjects)
-    check_settings(subjects, size, n_photos, label_noise, contrast)
+    check_settings(subjects, size, n_photos, noise=label_noise, contrast=contrast)
     n_photos = photos if photos is not None else paper_photo_count(subjects)
     with progress_bar(err_console) as progress:
         bar = progress.add_task("rendering photos", total=n_photos)
@@ -220,8 +243,8 @@ def synth(
             out,
             subjects,
             seed,
-            size,
-            n_photos,
+            size=size,
+            n_photos=n_photos,
             noise=label_noise,
             progress=lambda n: progress.advance(bar, n),
             contrast=contrast,
@@ -246,29 +269,47 @@ def demo(
     cfg = demo_config(manifest, overrides)
     metrics = run_study(cfg, out)
     assert metrics is not None
-    print_results(metrics, out, console, cfg.metrics.ci_level, cfg.metrics.primary_level)
+    print_results(
+        metrics,
+        out,
+        console=console,
+        ci_level=cfg.metrics.ci_level,
+        level=cfg.metrics.primary_level,
+    )
 
 
 @app.command()
 def explain(
     run_dir: Annotated[Path, typer.Argument(help="a study's run folder")],
+    *,
     task: Annotated[list[str] | None, typer.Option("--task", help="only this task")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="only this model")] = None,
-    method: Annotated[str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, "
-                                             "layercam or eigencam")] = "gradcam",
+    method: Annotated[
+        str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, layercam or eigencam")
+    ] = "gradcam",
     overlays: Annotated[bool, typer.Option(help="write an overlay PNG per photo")] = True,
-    blur_faces: Annotated[bool | None, typer.Option(
-        "--blur-faces/--no-blur-faces",
-        help="blur faces in overlays and galleries (default: the study's privacy.blur_faces)")
+    blur_faces: Annotated[
+        bool | None,
+        typer.Option(
+            "--blur-faces/--no-blur-faces",
+            help="blur faces in overlays and galleries (default: the study's privacy.blur_faces)",
+        ),
     ] = None,
 ) -> None:
     """Class activation maps of every photo from the fold model that did not train on it,
     mean maps per outcome, galleries and the CAM share per body region."""
-    summary = explain_run(run_dir, task, model, method, overlays, err_console, blur_faces)
+    summary = explain_run(
+        run_dir,
+        tasks=task,
+        models=model,
+        method=method,
+        write_overlays=overlays,
+        console=err_console,
+        blur_faces=blur_faces,
+    )
     table = enrichment_table(summary)
     if table.empty:
-        console.print("no region masks or landmarks: CAMs and mean maps written, no region "
-                      "shares")
+        console.print("no region masks or landmarks: CAMs and mean maps written, no region shares")
     else:
         t = Table(title="CAM share (enrichment) per region, all photos", title_justify="left")
         for col in table.columns:
@@ -282,10 +323,13 @@ def explain(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="a finished study's run folder")],
-    mlflow: Annotated[bool, typer.Option(
-        "--mlflow", help="also log params, metrics and the report to MLflow")] = False,
-    mlflow_uri: Annotated[str | None, typer.Option(
-        help="MLflow tracking URI (default: a file store in RUN_DIR/mlruns)")] = None,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow", help="also log params, metrics and the report to MLflow")
+    ] = False,
+    mlflow_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: a file store in RUN_DIR/mlruns)"),
+    ] = None,
 ) -> None:
     """Write report.html (one self-contained file) and results.json for a finished study."""
     path = build_report(run_dir)
