@@ -129,8 +129,10 @@ def test_angle_and_fusion_bundles_reproduce_the_study(estimator_study, model):
             img, full, _ = read_image_file(manifest.parent / r.image, draft_size=bundle.decode_size)
             pred = predict_image(single, img, full)
             assert pred.probability == pytest.approx(r.prob, abs=1e-6)
-            if pred.lower_risk is not None:
-                assert pred.lower_risk_probability < pred.probability
+            # with several angles in the model, one of them can always move within its
+            # training range towards lower risk
+            assert pred.lower_risk is not None
+            assert pred.lower_risk_probability < pred.probability
             assert pred.cam_overlay is not None and pred.cam_overlay.ndim == 3
 
 
@@ -169,7 +171,7 @@ def test_web_api_reports_angles_and_the_change_that_lowers_the_risk(estimator_st
     result = r.json()["results"][0]
     assert result["kind"] == "angles" and result["person_found"] is True
     assert "ear_shoulder_angle" in result["angles"]
-    if result["lower_risk"] is not None:
-        assert result["lower_risk_probability"] < result["probability"]
+    assert result["lower_risk"] is not None
+    assert result["lower_risk_probability"] < result["probability"]
     models = client.get("/api/models").json()
     assert models[0]["sensitivity"] is not None

@@ -111,7 +111,7 @@ def test_predict_cli_folder_csv_and_json(study, tmp_path):
         shutil.copy(src, photos / src.name)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["predict", str(photos), "--model", str(folder),
+    result = CliRunner().invoke(cli, ["predict", str(photos), "--bundle", str(folder),
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "predictions.csv")
@@ -124,7 +124,7 @@ def test_predict_cli_folder_csv_and_json(study, tmp_path):
     assert all(Path(p).is_file() for p in ok["cam_overlay"])
     assert "broken.jpg" in table.loc[table["error"] != "", "error"].iloc[0]
     one = str(next(photos.glob("W*.jpg")))
-    js = CliRunner().invoke(cli, ["predict", one, "--model", str(folder), "--out",
+    js = CliRunner().invoke(cli, ["predict", one, "--bundle", str(folder), "--out",
                                   str(tmp_path / "js"), "--format", "json", "--no-cam"])
     assert js.exit_code == 0, js.output
     records = json.loads((tmp_path / "js" / "predictions.json").read_text())

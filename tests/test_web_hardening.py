@@ -78,7 +78,7 @@ def test_serve_allow_host_option():
         "127.0.0.1", "localhost", "[::1]", "192.168.1.20", "screening.lan", "[fe80::1]"]
     assert "*" in allowed_hosts("0.0.0.0", ["*"])
     for bad in (["a*b"], ["exa mple"], ["--port=1"]):
-        result = CliRunner().invoke(app, ["serve", "--model", "nowhere", "--allow-host",
+        result = CliRunner().invoke(app, ["serve", "--bundle", "nowhere", "--allow-host",
                                           bad[0]])
         assert result.exit_code == 2 and "--allow-host" in result.output
 

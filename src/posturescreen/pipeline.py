@@ -65,8 +65,7 @@ def run_study(
         run_study(cfg.variant(override), rf.sensitivity_dir(ctx.run_dir, override),
                   executor=executor, console=console)
     if cfg.cams.run:
-        explain_run(ctx.run_dir, method=cfg.cams.method, write_overlays=cfg.cams.overlays,
-                    console=console)
+        explain_run(ctx.run_dir, console=console)  # as the config says
     if cfg.report:
         console.print(f"report: {build_report(ctx.run_dir).resolve()}")
     return metrics

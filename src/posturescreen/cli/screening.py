@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import copy
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from posturescreen.cli.app import app, console, err_console, fail
+from posturescreen.cli.app import (
+    BundleOption,
+    OldModelOption,
+    app,
+    bundle_paths,
+    console,
+    err_console,
+    fail,
+)
 from posturescreen.progress import progress_bar
 from posturescreen.screening.bundle import load_bundle
 from posturescreen.screening.export import export_bundle
@@ -29,22 +38,28 @@ def export(
     console.print(f"bundle: {path.resolve()}")
 
 
+class OutputFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
 @app.command()
 def predict(
     photos: Annotated[list[Path], typer.Argument(help="photos and/or folders of photos")],
-    *, model: Annotated[list[Path], typer.Option("--model", help="bundle (repeat for several)")],
+    *,
+    bundle: BundleOption = None,
     out: Annotated[Path, typer.Option("--out", help="folder for predictions and overlays")
                    ] = Path("predictions"),
-    fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="the predictions table's "
+                                              "format")] = OutputFormat.csv,
     cam: Annotated[bool, typer.Option(help="write a CAM overlay per photo and task")] = True,
     blur_faces: Annotated[bool, typer.Option(
         help="blur faces in the overlays (--no-blur-faces for internal use)")] = True,
+    old_model: OldModelOption = None,
 ) -> None:
     """Probability per photo and task (mean of the fold models, with their range), the
     decision at the bundle's threshold, and a CAM overlay."""
-    if fmt not in ("csv", "json"):
-        fail(f"--format must be csv or json, got {fmt!r}")
-    bundles = [load_bundle(m) for m in model]
+    bundles = [load_bundle(b) for b in bundle_paths(bundle, old_model)]
     files = collect_photos(photos)
     if not files:
         fail("no photos found in " + ", ".join(str(p) for p in photos))
@@ -58,7 +73,7 @@ def predict(
             progress=lambda n: progress.advance(bar, n),
             blur_faces=blur_faces,
         )
-    target = write_predictions(table, out, fmt)
+    target = write_predictions(table, out, fmt.value)
     ok = table[table["error"] == ""] if "error" in table else table
     for r in ok.itertuples():
         console.print(
@@ -77,12 +92,13 @@ def predict(
 @app.command()
 def serve(
     *,
-    model: Annotated[list[Path], typer.Option("--model", help="bundle (repeat for several)")],
+    bundle: BundleOption = None,
     host: Annotated[
         str, typer.Option(help="address to bind; loopback unless you mean it")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port", min=0, max=65535)] = 8000,
-    max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload")] = 20.0,
+    max_upload_mb: Annotated[float, typer.Option(
+        help="largest accepted upload, in MB", min=0.01, max=1024)] = 20.0,
     allow_host: Annotated[
         list[str] | None,
         typer.Option(
@@ -91,22 +107,21 @@ def serve(
             "names are always allowed; '*' allows any)",
         ),
     ] = None,
-    upload_timeout: Annotated[
-        float, typer.Option(help="seconds a client may take to send a photo")
-    ] = 30.0,
+    upload_timeout: Annotated[float, typer.Option(
+        help="seconds a client may take to send a photo", min=0.1, max=3600)] = 30.0,
     blur_faces: Annotated[
         bool,
         typer.Option(
             help="blur faces in the pictures the page returns (--no-blur-faces: internal use)"
         ),
     ] = True,
+    old_model: OldModelOption = None,
 ) -> None:
     """A local web page (and JSON API, described at /openapi.json) to screen one photo at a
     time. Uploads stay in memory and are never written to disk."""
-    if not 0 < max_upload_mb <= 1024 or not 0 < upload_timeout <= 3600:
-        fail("--max-upload-mb must be in (0, 1024] and --upload-timeout in (0, 3600] seconds")
+    paths = bundle_paths(bundle, old_model)
     hosts = allowed_hosts(host, allow_host or [])
-    bundles = [load_bundle(m) for m in model]
+    bundles = [load_bundle(b) for b in paths]
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(
             f"[yellow]serving on {host}: reachable from other machines; "

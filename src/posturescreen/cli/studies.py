@@ -12,8 +12,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from posturescreen.cli.app import app, console, err_console, fail
-from posturescreen.config.study import DataConfig, load_config
+from posturescreen.cli.app import (
+    ConfigOption,
+    SetOption,
+    app,
+    console,
+    err_console,
+    fail,
+    study_config,
+)
+from posturescreen.config.study import CAM_METHODS
 from posturescreen.data.manifest import load_manifest
 from posturescreen.data.synthetic import (
     balanced_cells,
@@ -33,6 +41,8 @@ from posturescreen.runfolder import cam_dir
 from posturescreen.study.ray_executor import RayExecutor
 from posturescreen.study.results import print_results
 
+CamMethod = StrEnum("CamMethod", [(name.replace("+", "_plus"), name) for name in CAM_METHODS])
+
 
 class ExecutorKind(StrEnum):
     local = "local"
@@ -41,18 +51,13 @@ class ExecutorKind(StrEnum):
 
 @app.command()
 def study(
-    *, config: Annotated[Path | None, typer.Option("--config", "-c", help="study YAML")] = None,
+    *,
+    config: ConfigOption = None,
     data: Annotated[Path | None, typer.Option("--data", help="manifest CSV")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="run folder (default runs/<name>)")
     ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="override a config value, e.g. --set train.epochs=5 --set models.pretrained=none",
-        ),
-    ] = None,
+    overrides: SetOption = None,
     skip_bad_images: Annotated[
         bool,
         typer.Option(
@@ -95,7 +100,7 @@ def study(
         sets.append("data.skip_bad_images=true")
     if sensitivity:
         sets.append("sensitivity=" + json.dumps(list(sensitivity)))
-    cfg = load_config(config, sets)
+    cfg = study_config(config, sets)
     run_dir = out or Path("runs") / cfg.name
     if executor is ExecutorKind.local and (ray_address or ray_cpus_per_job):
         fail("--ray-address and --ray-cpus-per-job need --executor ray")
@@ -122,21 +127,23 @@ def study(
 def validate(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV")],
     *,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="study YAML (for column names)")
-    ] = None,
-    subject_column: Annotated[str | None, typer.Option(help="worker id column")] = None,
-    label_columns: Annotated[
-        str | None, typer.Option(help="comma-separated 0/1 label columns (default ch,nsp)")
-    ] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    subject_column: Annotated[str | None, typer.Option(
+        help="worker id column (= --set data.subject_column=...)")] = None,
+    label_columns: Annotated[str | None, typer.Option(
+        help="comma-separated 0/1 label columns (default ch,nsp; = --set "
+             "data.label_columns=[...])")] = None,
     images: Annotated[bool, typer.Option(help="decode every photo (slower, thorough)")] = True,
 ) -> None:
     """Check a manifest and its photos; list every problem with its row."""
-    data_cfg = load_config(config).data if config else DataConfig()
+    sets = list(overrides or [])
     if subject_column:
-        data_cfg.subject_column = subject_column
+        sets.append(f"data.subject_column={json.dumps(subject_column)}")
     if label_columns is not None:
-        data_cfg.label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
+        sets.append("data.label_columns=" + json.dumps(
+            [c.strip() for c in label_columns.split(",") if c.strip()]))
+    data_cfg = study_config(config, sets).data
     m = load_manifest(manifest, data_cfg, check_images=images)
     t = m.table
     console.print(
@@ -154,22 +161,26 @@ def validate(
 def agreement(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV with landmark columns")],
     *,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="study YAML (for column names)")
-    ] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
     out: Annotated[
         Path | None,
         typer.Option(
             "--out", help="folder for agreement.csv, the per-photo angles and a Bland–Altman plot"
         ),
     ] = None,
-    min_visibility: Annotated[
-        float, typer.Option(help="estimator points less visible than this are not used")
-    ] = 0.5,
+    min_visibility: Annotated[float | None, typer.Option(
+        help="estimator points less visible than this are not used (default: the config's "
+             "pose.min_visibility)", min=0, max=1)] = None,
 ) -> None:
     """How well the pose estimator's angles agree with hand-placed landmarks: bias, MAE,
     Bland–Altman limits and ICC(2,1) per angle."""
-    data_cfg = load_config(config).data if config else DataConfig(label_columns=[])
+    # labels are not needed here: a manifest without ch/nsp columns is fine
+    cfg = study_config(config, ["data.label_columns=[]", *(overrides or [])]
+                       if config is None else overrides)
+    data_cfg = cfg.data
+    if min_visibility is None:
+        min_visibility = cfg.pose.min_visibility
     with progress_bar(err_console) as progress:
         bar = progress.add_task("finding poses", total=None)
         table, hand, est = measure_agreement(
@@ -257,12 +268,10 @@ def synth(
 
 @app.command()
 def demo(
+    *,
     out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/demo"),
-    subjects: Annotated[int, typer.Option(help="synthetic workers")] = 160,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="override a config value, e.g. --set train.epochs=2"),
-    ] = None,
+    subjects: Annotated[int, typer.Option(help="synthetic workers", min=8, max=5000)] = 160,
+    overrides: SetOption = None,
 ) -> None:
     """Generate a small synthetic cohort and run a short study on it (CH, NSP, CH+NSP)."""
     manifest = demo_cohort(subjects, console=err_console)
@@ -284,10 +293,11 @@ def explain(
     *,
     task: Annotated[list[str] | None, typer.Option("--task", help="only this task")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="only this model")] = None,
-    method: Annotated[
-        str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, layercam or eigencam")
-    ] = "gradcam",
-    overlays: Annotated[bool, typer.Option(help="write an overlay PNG per photo")] = True,
+    method: Annotated[CamMethod | None, typer.Option(
+        help="the CAM method (default: the study's cams.method)")] = None,
+    overlays: Annotated[bool | None, typer.Option(
+        "--overlays/--no-overlays",
+        help="write an overlay PNG per photo (default: the study's cams.overlays)")] = None,
     blur_faces: Annotated[
         bool | None,
         typer.Option(
@@ -302,7 +312,7 @@ def explain(
         run_dir,
         tasks=task,
         models=model,
-        method=method,
+        method=method.value if method is not None else None,
         write_overlays=overlays,
         console=err_console,
         blur_faces=blur_faces,

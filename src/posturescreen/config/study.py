@@ -34,18 +34,23 @@ __all__ = ["ConfigError", "StudyConfig", "load_config", "parse_override"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # a typo is an error, never a silent default; .inf and .nan are never a setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
     manifest: Path | None = Field(None, description="CSV manifest, one row per photo")
-    subject_column: str = "subject_id"
-    image_column: str = "image"
+    subject_column: str = Field(
+        "subject_id", description="the worker id column (read as text): folds, bootstrap and "
+        "the worker level group by it")
+    image_column: str = Field("image", description="the photo path column (relative to the "
+                              "manifest's folder)")
     label_columns: list[str] = Field(
         default_factory=lambda: ["ch", "nsp"],
         description="0/1 columns that must agree across a subject's photos",
     )
-    site_column: str | None = "site"
+    site_column: str | None = Field(
+        "site", description="the centre column, for leave-one-site-out folds (null: none)")
     skip_bad_images: bool = Field(
         False, description="train without unreadable photos (listed in the run) instead of stopping"
     )
@@ -63,7 +68,8 @@ def _check_query(text: str | None) -> str | None:
 
 
 class TaskConfig(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_+\-]+$")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_+\-]+$",
+                      description="the task's name in tables, folders and bundles")
     positive: str = Field(description="query selecting the positive photos (README: Tasks)")
     negative: str | None = Field(
         None, description="query selecting the negatives; default from `negatives`"
@@ -73,7 +79,9 @@ class TaskConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, description="cnn: a torchvision/timm "
+                      "architecture (vgg19, resnet50, efficientnet_b5, any timm name); angles "
+                      "and fusion: any name")
     kind: Literal["cnn", "angles", "fusion"] = Field(
         "cnn",
         description="cnn: a CNN on the photo (name = torchvision/timm architecture); angles: "
@@ -115,40 +123,51 @@ class PrivacyConfig(_Strict):
 
 
 class CVConfig(_Strict):
-    folds: int = Field(4, ge=2, le=20)
-    scheme: Literal["stratified_group", "leave_site_out"] = "stratified_group"
-    inner_val_fraction: float = Field(0.2, gt=0.05, lt=0.5)
+    folds: int = Field(4, ge=2, le=20, description="outer cross-validation folds")
+    scheme: Literal["stratified_group", "leave_site_out"] = Field(
+        "stratified_group", description="stratified_group: folds stratified by the label, "
+        "grouped by worker; leave_site_out: one fold per site (data.site_column)")
+    inner_val_fraction: float = Field(
+        0.2, gt=0.05, lt=0.5, description="share of a fold's training workers held out as "
+        "its inner validation split (early stopping, checkpoint, threshold, recalibration)")
 
 
 class AugmentConfig(_Strict):
-    crop_scale_min: float = Field(0.8, gt=0.1, le=1.0)
-    horizontal_flip: bool = True
-    brightness: float = Field(0.2, ge=0, le=1)
-    contrast: float = Field(0.2, ge=0, le=1)
-    saturation: float = Field(0.2, ge=0, le=1)
+    crop_scale_min: float = Field(0.8, gt=0.1, le=1.0, description="random resized crop: "
+                                  "the smallest share of the picture kept")
+    horizontal_flip: bool = Field(True, description="mirror at random (people face either way "
+                                  "in side views; never a vertical flip)")
+    brightness: float = Field(0.2, ge=0, le=1, description="colour jitter: brightness")
+    contrast: float = Field(0.2, ge=0, le=1, description="colour jitter: contrast")
+    saturation: float = Field(0.2, ge=0, le=1, description="colour jitter: saturation")
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(30, ge=1, le=1000)
-    batch_size: int = Field(16, ge=2, le=1024)
-    lr: float = Field(3e-4, gt=0, lt=1)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
+    epochs: int = Field(30, ge=1, le=1000, description="the most epochs a fold trains")
+    batch_size: int = Field(16, ge=2, le=1024, description="photos per training step")
+    lr: float = Field(3e-4, gt=0, lt=1, description="AdamW's peak learning rate (lower it if "
+                      "the inner-validation AUC sits at 0.5)")
+    weight_decay: float = Field(0.05, ge=0, le=10, description="AdamW's weight decay")
+    warmup_epochs: float = Field(1.0, ge=0, le=1000, description="linear warm-up before the "
+                                 "cosine decay, in epochs")
     patience: int = Field(5, ge=1, description="epochs without inner-val AUC gain before stopping")
-    class_weighted_loss: bool = True
+    class_weighted_loss: bool = Field(
+        True, description="weight the positive class by negatives/positives in the loss")
     freeze_batchnorm: bool | Literal["auto"] = Field(
         False,
         description="keep BatchNorm running statistics fixed while fine-tuning; auto: only "
         "when starting from pretrained weights. Off by default: frozen statistics stopped "
         "lite0 learning the synthetic CH task at lr 5e-4 (docs/results.md)",
     )
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig,
+                                   description="augmentation of the training batches")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="training steps: auto = bf16 autocast on CUDA where supported and on CPUs "
         "with native bf16 (AVX-512 BF16, AMX), else fp32; predictions are always fp32",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when available, else the CPU")
     channels_last: bool = Field(
         True, description="NHWC memory layout: faster convolutions on CPU and GPU, same maths"
     )
@@ -201,7 +220,8 @@ class MetricsConfig(_Strict):
         5000, ge=50, le=1_000_000,
         description="subject-level bootstrap resamples (docs/results.md: the Monte-Carlo "
         "error of the bounds at 5000)")
-    ci_level: float = Field(0.95, gt=0.5, lt=1)
+    ci_level: float = Field(0.95, gt=0.5, lt=1, description="confidence level of every "
+                            "interval")
     primary_level: Literal["worker", "photo"] = Field(
         "worker", description="the unit the printed tables lead with; both are always written")
     worker_aggregate: Literal["mean", "median", "max"] = Field(
@@ -233,22 +253,31 @@ class StudyConfig(_Strict):
     name: str = Field("study", max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+\- ]*$",
                       description="the default run folder is runs/<name>")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="0 … 2^32−1 (NumPy's seed range)")
-    data: DataConfig = Field(default_factory=DataConfig)
-    tasks: list[TaskConfig] = Field(default_factory=lambda: [t.model_copy() for t in PAPER_TASKS])
+    data: DataConfig = Field(default_factory=DataConfig, description="the manifest and its "
+                             "columns")
+    tasks: list[TaskConfig] = Field(
+        default_factory=lambda: [t.model_copy() for t in PAPER_TASKS],
+        description="the tasks: positives and negatives by query (default: the paper's CH, "
+        "NSP, CH+NSP vs controls)")
     negatives: Literal["controls", "rest"] = Field(
         "controls", description="default negatives: controls (query below) or everyone else"
     )
     controls: str = Field("ch == 0 and nsp == 0", description="query selecting controls")
     models: list[ModelConfig] = Field(
-        default_factory=lambda: [m.model_copy() for m in PAPER_MODELS]
-    )
-    cv: CVConfig = Field(default_factory=CVConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    cams: CamConfig = Field(default_factory=CamConfig)
-    pose: PoseConfig = Field(default_factory=PoseConfig)
-    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+        default_factory=lambda: [m.model_copy() for m in PAPER_MODELS],
+        description="the models of the grid (default: the paper's three CNNs, the angle model "
+        "and resnet50 fused with it)")
+    cv: CVConfig = Field(default_factory=CVConfig, description="cross-validation")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="CNN training")
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig,
+                                       description="how the decision threshold is chosen")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig,
+                                   description="statistics: levels, intervals, comparisons")
+    cams: CamConfig = Field(default_factory=CamConfig, description="class activation maps")
+    pose: PoseConfig = Field(default_factory=PoseConfig,
+                             description="posture landmarks, angles and the person crop")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig,
+                                   description="de-identification of every picture shown")
     report: bool = Field(True, description="write report.html and results.json at the end")
     sensitivity: list[str] = Field(
         default_factory=list, max_length=10,

@@ -128,17 +128,18 @@ class _Accumulator:
 
 def explain_run(
     run_dir: Path, *, tasks: Sequence[str] | None = None, models: Sequence[str] | None = None,
-    method: str = "gradcam", write_overlays: bool = True, console: Console | None = None,
-    blur_faces: bool | None = None,
+    method: str | None = None, write_overlays: bool | None = None,
+    console: Console | None = None, blur_faces: bool | None = None,
 ) -> pd.DataFrame:
     """CAMs for every photo from the fold model that did not train on it; writes cams/ and
-    returns the region summary (task, model, outcome, region, share, enrichment, n). Faces
-    in overlays and galleries are blurred unless `blur_faces` (default: the study's
-    `privacy.blur_faces`) is False."""
+    returns the region summary (task, model, outcome, region, share, enrichment, n). The
+    method, the overlays and the face blur follow the study's config (`cams.method`,
+    `cams.overlays`, `privacy.blur_faces`) unless given here."""
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
-    check_cam_method(method)
     cfg, cohort = rf.load_run(run_dir)
+    method = check_cam_method(method or cfg.cams.method)
+    write_overlays = cfg.cams.overlays if write_overlays is None else write_overlays
     blur = cfg.privacy.blur_faces if blur_faces is None else blur_faces
     images = _run_images(run_dir, cfg, cohort, blur)
     frames = []
