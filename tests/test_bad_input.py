@@ -145,7 +145,7 @@ def test_empty_subject_and_image_cells(tmp_path):
 @pytest.fixture(scope="module")
 def one_task_run(tmp_path_factory, tiny_manifest):
     cfg = load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}", ONE_TASK,
-                             "train.epochs=1"])
+                             "train.epochs=1", "report=true"])
     run = tmp_path_factory.mktemp("finished") / "run"
     run_study(cfg, run)
     return run

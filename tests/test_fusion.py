@@ -101,27 +101,20 @@ def test_lower_risk_change_moves_one_angle_within_the_training_range():
 
 
 @pytest.fixture(scope="module")
-def estimator_study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fusion")
-    manifest = generate_cohort(root / "c", n_subjects=32, seed=6, size=160)
-    cfg = load_config(None, [
-        f"data.manifest={manifest}", "pose.landmarks=estimator",
-        "models=[{name: test_resnet, pretrained: none, image_size: 48},"
-        " {name: angles, kind: angles}, {name: fused, kind: fusion, cnn: test_resnet}]",
-        "tasks=[{name: CH, positive: 'ch == 1'}]", "cv.folds=2", "train.epochs=2",
-        "train.batch_size=8", "metrics.bootstrap=50", "report=false"])
-    run_study(cfg, root / "run")
-    return root, manifest
+def estimator_study(screening_study, tmp_path_factory):
+    """(folder for bundles, manifest, run folder) of the shared screening study."""
+    root, manifest = screening_study
+    return tmp_path_factory.mktemp("fusion"), manifest, root / "run"
 
 
 @pytest.mark.parametrize("model", ["angles", "fused"])
 def test_angle_and_fusion_bundles_reproduce_the_study(estimator_study, model):
-    root, manifest = estimator_study
-    bundle = load_bundle(export_bundle(root / "run", task="CH", model=model, out=root / f"b_{model}.zip"))
+    out, manifest, run = estimator_study
+    bundle = load_bundle(export_bundle(run, task="CH", model=model, out=out / f"b_{model}.zip"))
     meta = json.loads(bundle.metadata.model_dump_json())
     assert meta["kind"] == ("angles" if model == "angles" else "fusion")
     assert meta["pose"]["landmark_source"] == "estimator"
-    preds = pd.read_csv(root / "run" / "predictions.csv")
+    preds = pd.read_csv(run / "predictions.csv")
     preds = preds[preds.model == model]
     for k in (0, 1):
         single = bundle.only_fold(k)
@@ -162,8 +155,8 @@ def test_web_api_reports_angles_and_the_change_that_lowers_the_risk(estimator_st
 
     from posturescreen.screening.web.app import create_app
 
-    root, manifest = estimator_study
-    bundle = load_bundle(export_bundle(root / "run", task="CH", model="angles", out=root / "b_web"))
+    out, manifest, run = estimator_study
+    bundle = load_bundle(export_bundle(run, task="CH", model="angles", out=out / "b_web"))
     client = TestClient(create_app([bundle]), base_url="http://127.0.0.1")
     photo = next((manifest.parent / "images").glob("*.jpg")).read_bytes()
     r = client.post("/api/predict", content=photo, headers={"content-type": "image/jpeg"})

@@ -19,10 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from posturescreen.cli import app as cli
-from posturescreen.config.study import load_config
 from posturescreen.data.images import read_image_file
-from posturescreen.data.synthetic import generate_cohort
-from posturescreen.pipeline import run_study
 from posturescreen.runfolder import load_run
 from posturescreen.screening.bundle import BundleError, load_bundle
 from posturescreen.screening.export import export_bundle
@@ -31,16 +28,11 @@ from posturescreen.screening.web.app import create_app
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("web")
-    manifest = generate_cohort(root / "cohort", n_subjects=24, seed=5, size=96)
-    cfg = load_config(None, [
-        f"data.manifest={manifest}", "models=[{name: test_resnet, pretrained: none, "
-        "image_size: 64}]", "tasks=[{name: CH, positive: 'ch == 1'}]", "cv.folds=2",
-        "train.epochs=2", "train.batch_size=8", "metrics.bootstrap=50"])
-    run_study(cfg, root / "run")
-    bundle = export_bundle(root / "run", task="CH", model="test_resnet", out=root / "bundle")
-    return root, manifest, bundle
+def study(screening_study, tmp_path_factory):
+    """(root, manifest, the CNN's bundle folder) of the shared screening study."""
+    root, manifest = screening_study
+    out = tmp_path_factory.mktemp("web") / "bundle"
+    return root, manifest, export_bundle(root / "run", task="CH", model="test_resnet", out=out)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +82,7 @@ def test_fold_models_reproduce_the_out_of_fold_predictions(study, bundle):
     root, manifest, _ = study
     cfg, _ = load_run(root / "run")
     preds = pd.read_csv(root / "run" / "predictions.csv")
+    preds = preds[preds.model == "test_resnet"]
     for k in range(len(bundle.models)):
         sub = preds[preds["fold"] == k].head(5)
         single = bundle.only_fold(k)

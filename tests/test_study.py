@@ -217,7 +217,7 @@ def test_paper_config_starts_offline_with_pretrained_none(tiny_manifest, tmp_pat
 def test_sensitivity_analysis_runs_in_its_own_folder_and_is_reported(tiny_manifest, tmp_path):
     cfg = load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}",
                              "tasks=[{name: CH, positive: 'ch == 1'}]",
-                             "sensitivity=[negatives=rest]"])
+                             "sensitivity=[negatives=rest]", "report=true"])
     run_study(cfg, tmp_path / "run")
     variant = tmp_path / "run" / "sensitivity" / "negatives_rest"
     main_counts = pd.read_csv(tmp_path / "run" / "class_counts.csv")
