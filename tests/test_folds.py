@@ -1,9 +1,16 @@
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posturescreen.study.folds import FoldError, assert_disjoint, inner_split, outer_folds
+from posturescreen.study.folds import (
+    FoldError,
+    assert_disjoint,
+    inner_split,
+    outer_folds,
+    shared_outer_folds,
+)
 
 
 @st.composite
@@ -81,3 +88,48 @@ def test_leave_site_out():
 def test_assert_disjoint_catches_leak():
     with pytest.raises(AssertionError, match="subject 'a'"):
         assert_disjoint(np.array(["a", "a", "b"]), np.array([0, 1, 1]))
+
+
+def _paper_cells(n_workers: int, rng) -> pd.DataFrame:
+    """Workers with (ch, nsp) in the paper's four cells, one to three photos each."""
+    cells = [(0, 0), (1, 0), (0, 1), (1, 1)]
+    rows = []
+    for w in range(n_workers):
+        ch, nsp = cells[w % 4]
+        rows += [{"worker": f"W{w}", "ch": ch, "nsp": nsp}] * int(rng.integers(1, 4))
+    return pd.DataFrame(rows)
+
+
+def test_shared_folds_put_a_worker_in_one_fold_for_every_task():
+    table = _paper_cells(80, np.random.default_rng(0))
+    controls = (table.ch == 0) & (table.nsp == 0)
+    labels = {"CH": pd.Series(1, index=table.index[table.ch == 1]),
+              "NSP": pd.Series(1, index=table.index[table.nsp == 1])}
+    for name in labels:
+        labels[name] = pd.concat([labels[name], pd.Series(0, index=table.index[controls])]
+                                 ).sort_index()
+    fold = shared_outer_folds(labels, table.worker, n_folds=4, seed=1)
+    assert set(fold.index) == set(labels["CH"].index) | set(labels["NSP"].index)
+    assert_disjoint(table.worker[fold.index].to_numpy(), fold.to_numpy())
+    for y in labels.values():  # each task stratified: its classes in every fold
+        share = y.groupby(fold[y.index]).mean()
+        assert len(share) == 4 and share.between(0.35, 0.8).all(), share
+    # one task alone: exactly the per-task folds
+    alone = shared_outer_folds({"CH": labels["CH"]}, table.worker, n_folds=4, seed=1)
+    per_task = outer_folds(labels["CH"].to_numpy(), table.worker[labels["CH"].index].to_numpy(),
+                           n_folds=4, seed=1)
+    assert (alone.to_numpy() == per_task).all()
+
+
+def test_shared_folds_refuse_a_fold_without_a_class(monkeypatch):
+    import posturescreen.study.folds as F
+
+    table = pd.DataFrame({"worker": [f"W{i}" for i in range(16)]})
+    common = pd.Series([0, 1] * 8, index=table.index)
+    rare = pd.Series([1, 0, 0, 0] * 4, index=table.index)
+    # an assignment that spreads the common task's classes but puts every positive of the
+    # rare task in folds 0 and 1
+    planted = np.array([0, 1, 2, 3] * 2 + [1, 0, 3, 2] * 2)
+    monkeypatch.setattr(F, "outer_folds", lambda *a, **k: planted)
+    with pytest.raises(FoldError, match="task 'rare': fold 2 .* holds no positives"):
+        shared_outer_folds({"common": common, "rare": rare}, table.worker, n_folds=4, seed=0)

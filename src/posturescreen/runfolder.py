@@ -10,6 +10,9 @@ runs/<name>/
   skipped_images.csv     photos left out: unreadable (--skip-bad-images) or repeated (keep_first)
   pose.csv, angles.csv   estimator points and boxes; posture angles (landmark source named)
   no_person.csv          photos where no person was found (kept: whole scene, NaN angles)
+  landmarks/             learned landmark models and the points each fold's models see
+  landmark_points.csv    out-of-fold learned points (each photo by the models of its fold)
+  landmark_agreement.csv, landmark_errors.csv   those angles and points vs the annotations
   <task>/<model>/fold<k>/
       checkpoint.safetensors, train_log.csv, val_predictions.csv, fold.json,
       predictions.csv    written last = job done
@@ -51,6 +54,11 @@ SKIPPED_IMAGES = "skipped_images.csv"
 POSE = "pose.csv"  # the pose estimator's points and boxes per photo
 ANGLES = "angles.csv"  # posture angles per photo, and where their landmarks came from
 NO_PERSON = "no_person.csv"  # photos where the estimator found no person
+LANDMARKS = "landmarks"  # learned landmarks: models/<name>/, fold<k>/ (study/landmarks.py)
+LANDMARK_POINTS = "landmark_points.csv"  # out-of-fold learned points per photo
+LANDMARK_AGREEMENT = "landmark_agreement.csv"  # their angles vs the annotations' (and the
+# estimator's), with ICC CIs over workers
+LANDMARK_ERRORS = "landmark_errors.csv"  # their points vs the annotations: pixels, PCK
 PREDICTIONS = "predictions.csv"  # run level (all jobs) and job level (its test fold)
 WORKER_PREDICTIONS = "worker_predictions.csv"  # a worker's photos aggregated, per task × model
 CALIBRATION = "calibration.csv"  # per fold: Platt recalibration and thresholds (both levels)

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -26,16 +24,13 @@ from posturescreen.config.overrides import (
     parse_override,
     set_dotted,
 )
+from posturescreen.config.pose import PoseConfig
 from posturescreen.config.query import parse_query
 from posturescreen.config.safe_yaml import YamlInputError, read_yaml_file
+from posturescreen.config.strict import _Strict
 from posturescreen.errors import ConfigError
 
 __all__ = ["ConfigError", "StudyConfig", "load_config", "parse_override"]
-
-
-class _Strict(BaseModel):
-    # a typo is an error, never a silent default; .inf and .nan are never a setting
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -101,20 +96,6 @@ class ModelConfig(_Strict):
         if self.kind != "fusion" and self.cnn:
             raise ValueError("`cnn` is only for fusion models")
         return self
-
-
-class PoseConfig(_Strict):
-    landmarks: Literal["auto", "manifest", "estimator"] = Field(
-        "auto",
-        description="where the angles' landmarks come from: auto = the manifest's <name>_x/_y "
-        "columns when it has ear and C7 or shoulder, else the pose estimator",
-    )
-    min_visibility: float = Field(
-        0.5, ge=0, le=1, description="estimator points less visible than this are not used")
-    crop: bool = Field(
-        True, description="CNNs see the person (the estimator's box plus a margin) instead of "
-        "the whole scene; photos without a person found keep the whole scene")
-    crop_margin: float = Field(0.1, ge=0, le=1, description="margin around the person box")
 
 
 class PrivacyConfig(_Strict):

@@ -165,6 +165,11 @@ class Frame:
         scale, ox, oy = self.geometry()
         return (x - self.region[0]) * scale + ox, (y - self.region[1]) * scale + oy
 
+    def photo_point(self, u: float, v: float) -> tuple[float, float]:
+        """The inverse of `point`: a point of the square input in photo pixels."""
+        scale, ox, oy = self.geometry()
+        return (u - ox) / scale + self.region[0], (v - oy) / scale + self.region[1]
+
 
 @dataclass
 class ImageCache:

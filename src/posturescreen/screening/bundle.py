@@ -40,11 +40,17 @@ from posturescreen import __version__
 from posturescreen.errors import PostureScreenError
 from posturescreen.models.cnn import Preprocessing, UnknownModelError, build_model, sha256_file
 from posturescreen.models.kinds import LinearParts, ModelKind, kind_of
+from posturescreen.models.landmarks import LandmarkNet
 from posturescreen.models.linear import AngleModel, FusionModel
 from posturescreen.posture.estimator import POSE_DRAFT
+from posturescreen.screening.bundle_landmarks import (
+    BundleLandmarks,
+    LandmarkBundleError,
+    load_landmark_nets,
+)
 
-BUNDLE_FORMAT = 2
-READABLE_FORMATS = (1, 2)  # format 1: CNN bundles of earlier versions (no crop, no angles)
+BUNDLE_FORMAT = 3  # 3: learned landmark models
+READABLE_FORMATS = (1, 2, 3)  # 1: CNN bundles of earlier versions (no crop, no angles)
 METADATA = "metadata.json"
 MAX_ZIP_ENTRIES = 64
 MAX_ZIP_BYTES = 8 * 2**30  # uncompressed; the paper's largest grid (VGG19 × 4) is ~2.2 GB
@@ -121,6 +127,8 @@ class BundleFold(_Meta):
     # an angle model and the fusion (angles and fusion bundles)
     angles: AngleModel | None = None
     fusion: FusionModel | None = None
+    # learned landmarks: the models whose mean points this fold's angles come from
+    landmark_models: list[str] = Field(default_factory=list, max_length=64)
     threshold: float = Field(ge=0.0, le=1.0)
     best_epoch: int | None = None
 
@@ -131,7 +139,7 @@ class BundlePose(_Meta):
     crop: bool = False
     crop_margin: float = Field(0.1, ge=0, le=1)
     min_visibility: float = Field(0.5, ge=0, le=1)
-    landmark_source: Literal["estimator", "manifest", "none"] = "none"
+    landmark_source: Literal["estimator", "learned", "manifest", "none"] = "none"
     decode_size: int | None = Field(None, ge=16, le=4096)  # the estimator's photo size
 
 
@@ -147,7 +155,7 @@ class BundleStudy(_Meta):
 class BundleMetadata(_Meta):
     """metadata.json, validated on load (extra keys from newer writers are kept)."""
 
-    format: Literal[1, 2]
+    format: Literal[1, 2, 3]
     task: str = Field(min_length=1, max_length=200)
     model: str = Field(min_length=1, max_length=200)
     kind: Literal["cnn", "angles", "fusion"] = "cnn"
@@ -161,6 +169,7 @@ class BundleMetadata(_Meta):
     preprocessing: BundlePreprocessing | None = None  # the CNN's (cnn and fusion bundles)
     threshold: BundleThreshold
     operating_point: OperatingPoint | None = None  # format 1 bundles have none
+    landmarks: BundleLandmarks | None = None  # learned landmark models (format 3)
     training_cohort: list[dict[str, Any]] = Field(default_factory=list)
     metrics: list[dict[str, Any]] = Field(default_factory=list)
     folds: list[BundleFold] = Field(min_length=1, max_length=50)
@@ -190,9 +199,15 @@ class BundleMetadata(_Meta):
                 if getattr(f, part) is None:
                     raise ValueError(f"fold {f.fold}: {article} {self.kind} bundle needs "
                                      f"`{part}`")
-        if kind.uses_angles and self.pose.landmark_source != "estimator":
-            raise ValueError("angles on a new photo come from the pose estimator: "
-                             "pose.landmark_source must be 'estimator'")
+        if kind.uses_angles and self.pose.landmark_source not in ("estimator", "learned"):
+            raise ValueError("angles on a new photo come from the pose estimator or learned "
+                             "landmark models: pose.landmark_source must be one of them")
+        if kind.uses_angles and self.pose.landmark_source == "learned":
+            known = {m.name for m in self.landmarks.models} if self.landmarks else set()
+            for f in self.folds:
+                if not f.landmark_models or set(f.landmark_models) - known:
+                    raise ValueError(f"fold {f.fold}: learned landmarks need `landmark_models` "
+                                     "naming models listed in `landmarks`")
         return self
 
     @property
@@ -209,6 +224,7 @@ class Bundle:
     preprocessing: Preprocessing | None
     angle_models: list[AngleModel] = field(default_factory=list)  # one per fold
     fusions: list[FusionModel] = field(default_factory=list)
+    landmark_nets: dict[str, LandmarkNet] = field(default_factory=dict)  # learned landmarks
 
     @property
     def name(self) -> str:
@@ -240,7 +256,7 @@ class Bundle:
         """The bundle cut to its k-th fold model: what scored that fold's test photos."""
         meta = self.metadata.model_copy(update={"folds": [self.metadata.folds[k]]})
         return Bundle(self.path, meta, self.models[k:k + 1], self.preprocessing,
-                      self.angle_models[k:k + 1], self.fusions[k:k + 1])
+                      self.angle_models[k:k + 1], self.fusions[k:k + 1], self.landmark_nets)
 
     def calibrate(self, fold_probs: list[float]) -> list[float]:
         """Each fold model's probability through that fold's recalibration."""
@@ -359,9 +375,14 @@ def load_bundle(path: Path, device: torch.device | None = None) -> Bundle:
         metadata = read_metadata(meta_path, path)
         models = [_load_fold_model(folder, fold, metadata, path, device)
                   for fold in metadata.folds] if metadata.architecture else []
+        try:
+            nets = (load_landmark_nets(folder, metadata.landmarks, path)
+                    if metadata.landmarks is not None else {})
+        except LandmarkBundleError as e:
+            raise BundleError(str(e)) from e
     p = metadata.preprocessing
     prep = Preprocessing.from_record(p.model_dump()) if p is not None else None
     angle_models = [f.angles for f in metadata.folds if f.angles is not None]
     fusions = [f.fusion for f in metadata.folds if f.fusion is not None]
-    return Bundle(path, metadata, models, prep, angle_models, fusions)
+    return Bundle(path, metadata, models, prep, angle_models, fusions, nets)
 

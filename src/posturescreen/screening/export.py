@@ -34,7 +34,13 @@ from posturescreen.screening.bundle import (
     FoldCalibration,
     OperatingPoint,
 )
+from posturescreen.screening.bundle_landmarks import (
+    BundleLandmarks,
+    LandmarkModelFile,
+    model_file,
+)
 from posturescreen.stats.metrics import binary_metrics
+from posturescreen.study.landmarks import read_plan
 
 
 def _finished_folds(run_dir: Path, task: str, model: str) -> list[tuple[int, Path, dict]]:
@@ -55,12 +61,13 @@ def _landmark_source(run_dir: Path, mcfg: ModelConfig) -> str:
     if not kind_of(mcfg).uses_angles:
         return "none"
     source = recorded_landmark_source(rf.read_table(run_dir, rf.ANGLES)) or "none"
-    if source != "estimator":
+    if source not in ("estimator", "learned"):
         raise BundleError(
             f"{run_dir}: the {mcfg.kind} model {mcfg.name!r} was fitted on angles from the "
             "manifest's landmark columns; a new photo has none, so a bundle must measure "
             "angles the way the study did. Rerun the study with --set "
-            "pose.landmarks=estimator (into another --out) to export it")
+            "pose.landmarks=learned (a landmark model learned from those columns) or "
+            "estimator, into another --out, to export it")
     return source
 
 
@@ -144,6 +151,16 @@ def export_bundle(run_dir: Path, *, task: str, model: str, out: Path) -> Path:
     counts = counts[counts["task"] == task]
     run_meta = rf.read_record(run_dir).get("posturescreen_run", {})
     task_cfg = next(t for t in cfg.tasks if t.name == task)
+    files = {str(fold.file): weights for fold, weights, _ in parts if weights is not None}
+    landmarks = None
+    if source == "learned":  # each fold measures angles with the models its study used
+        spec, test, paths = read_plan(run_dir)
+        landmarks = BundleLandmarks.describe(spec, [
+            LandmarkModelFile(name=n, file=model_file(n), sha256=sha256_file(p))
+            for n, p in paths.items()])
+        files.update({model_file(n): p for n, p in paths.items()})
+        for fold, _, _ in parts:
+            fold.landmark_models = test[fold.fold]
     thresholds = [float(calibration.at[k, "threshold_photo"]) for k, _, _ in folds]
     op = operating_point(run_dir, cfg, task=task, model=model, threshold=float(np.mean(thresholds)))
     cnn_info = parts[0][2]
@@ -168,9 +185,9 @@ def export_bundle(run_dir: Path, *, task: str, model: str, out: Path) -> Path:
         operating_point=op,
         training_cohort=counts.drop(columns="task").to_dict(orient="records"),
         metrics=metrics.drop(columns=["task", "model"]).to_dict(orient="records"),
-        folds=[fold for fold, _, _ in parts])
+        folds=[fold for fold, _, _ in parts], landmarks=landmarks)
     try:
-        _write(out, metadata, [(fold, weights) for fold, weights, _ in parts])
+        _write(out, metadata, files)
     except OutputError:
         raise
     except OSError as e:  # a full disk, a read-only folder: the staged copy is gone already
@@ -178,16 +195,15 @@ def export_bundle(run_dir: Path, *, task: str, model: str, out: Path) -> Path:
     return out
 
 
-def _write(out: Path, metadata: BundleMetadata,
-           weights: list[tuple[BundleFold, Path | None]]) -> None:
+def _write(out: Path, metadata: BundleMetadata, files: dict[str, Path]) -> None:
+    """The bundle: metadata.json and `files` (name in the bundle -> file to copy)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # staged beside the target, then renamed into place: a bundle appears whole or not at all
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         stage = Path(tmp) / "bundle"
         stage.mkdir()
-        for fold, path in weights:
-            if path is not None:
-                shutil.copyfile(path, stage / str(fold.file))
+        for name, path in files.items():
+            shutil.copyfile(path, stage / name)
         (stage / METADATA).write_text(metadata.model_dump_json(indent=2))
         if out.suffix == ".zip":
             def write_zip(path: Path) -> None:

@@ -8,7 +8,6 @@ functions serve the CLI and the web page."""
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -33,10 +32,10 @@ from posturescreen.files import atomic_write, atomic_write_text
 from posturescreen.models.cnn import target_layer
 from posturescreen.models.linear import RiskChange, lower_risk_change
 from posturescreen.models.training import predict_probs
-from posturescreen.posture.angles import measure
 from posturescreen.posture.estimator import PoseEstimator, PoseResult
 from posturescreen.runfolder import safe_name
 from posturescreen.screening.bundle import Bundle
+from posturescreen.screening.measure import finite_angles, fold_points, mean_angles, shifted
 
 T = TypeVar("T")
 
@@ -119,13 +118,15 @@ def _cnn_probs(bundle: Bundle, view: Image.Image, face, with_cam: bool
     return probs, overlay(blur_chw(batch[0], face), np.mean(maps, axis=0))
 
 
-def _risk(bundle: Bundle, cnn_probs: list[float]) -> Callable[[dict[str, float]], list[float]]:
-    """Fold probabilities as a function of the angles (the CNN's scores held fixed)."""
+def _risk(bundle: Bundle, cnn_probs: list[float]
+          ) -> Callable[[list[dict[str, float]]], list[float]]:
+    """Fold probabilities as a function of each fold's angles (the CNN's scores held
+    fixed)."""
 
-    def fold_probs(values: dict[str, float]) -> list[float]:
+    def fold_probs(per_fold: list[dict[str, float]]) -> list[float]:
         return [
             bundle.kind.probability(
-                cnn_probs[k] if cnn_probs else None, bundle.linear_parts(k), values
+                cnn_probs[k] if cnn_probs else None, bundle.linear_parts(k), per_fold[k]
             )
             for k in range(len(bundle.metadata.folds))
         ]
@@ -164,13 +165,17 @@ def predict_image(
     if not bundle.kind.uses_angles:
         probs = cnn_probs
     else:
-        points = pose.visible_points(meta.pose.min_visibility) if found else {}
-        angles = {k: v for k, v in measure(points).items() if math.isfinite(v)}
+        per_fold_points = fold_points(bundle, image, full_size, pose)
+        per_fold = [finite_angles(p) for p in per_fold_points]
+        angles = mean_angles(per_fold)
+        move = shifted(per_fold, angles)
         fold_probs = _risk(bundle, cnn_probs)
-        probs = fold_probs(angles)
+        probs = fold_probs(per_fold)
         change = lower_risk_change(
-            bundle.angle_models, angles, lambda v: float(np.mean(bundle.calibrate(fold_probs(v))))
-        )
+            bundle.angle_models, angles,
+            lambda v: float(np.mean(bundle.calibrate(fold_probs(move(v))))))
+        points = {n: tuple(np.mean([p[n] for p in per_fold_points if n in p], axis=0))
+                  for n in dict.fromkeys(n for p in per_fold_points for n in p)}
         if with_cam and not bundle.kind.uses_pixels:  # the landmarks are the picture
             frame = Frame(region, ANGLE_PICTURE)
             pic = letterbox(view, ANGLE_PICTURE, "bilinear")

@@ -1,13 +1,19 @@
 """Cross-validation folds grouped by subject: no worker's photos on both sides, ever.
 
 Outer folds: StratifiedGroupKFold (stratified by the task label, grouped by subject,
-seeded) or leave-one-site-out. Inner split: one subject-grouped stratified holdout of the
-training folds, for early stopping, checkpoint choice and the threshold.
+seeded) or leave-one-site-out, and one assignment shared by every task of a study
+(`shared_outer_folds`: stratified by the combination of the tasks' labels), so a worker is in
+the same fold for every task and whatever a fold fits once (a landmark model) serves every
+task. Inner split: one subject-grouped stratified holdout of the training folds, for early
+stopping, checkpoint choice and the threshold.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from posturescreen.errors import PostureScreenError
@@ -41,8 +47,10 @@ def outer_folds(
     scheme: str = "stratified_group",
     sites: np.ndarray | None = None,
     what: str = "task",
+    check_classes: bool = True,
 ) -> np.ndarray:
-    """Fold index (0..k-1) per photo."""
+    """Fold index (0..k-1) per photo. `labels` may be strata of any kind (strings too);
+    `check_classes` asks for enough subjects of each of them."""
     labels, groups = np.asarray(labels), np.asarray(groups)
     if scheme == "leave_site_out":
         if sites is None:
@@ -57,12 +65,49 @@ def outer_folds(
             raise FoldError(f"{what}: leave_site_out needs at least 2 sites, found {names}")
         fold = np.array([names.index(s) for s in sites])
     else:
-        _check_classes(labels, groups, n_folds, what)
+        if check_classes:
+            _check_classes(labels, groups, n_folds, what)
         cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         fold = np.full(len(labels), -1)
-        for k, (_, test) in enumerate(cv.split(np.zeros(len(labels)), labels, groups)):
-            fold[test] = k
+        with warnings.catch_warnings():  # a rare stratum is spread as evenly as it can be
+            warnings.filterwarnings("ignore", message="The least populated class")
+            for k, (_, test) in enumerate(cv.split(np.zeros(len(labels)), labels, groups)):
+                fold[test] = k
     assert_disjoint(groups, fold)
+    return fold
+
+
+def shared_outer_folds(
+    labels: dict[str, pd.Series], groups: pd.Series, *, n_folds: int, seed: int,
+    scheme: str = "stratified_group", sites: pd.Series | None = None,
+) -> pd.Series:
+    """One fold per photo for every task (index: the photos of any task, in table order):
+    grouped by subject, stratified by the combination of the tasks' labels (a single task:
+    exactly `outer_folds` of its labels). Every task's every fold must hold both of its
+    classes."""
+    index = groups.index[groups.index.isin(
+        pd.Index([]).append([y.index for y in labels.values()]))]
+    if scheme != "leave_site_out":
+        for name, y in labels.items():
+            _check_classes(y.to_numpy(), groups[y.index].to_numpy(), n_folds, f"task {name!r}")
+    strata = pd.Series("", index=index)
+    for y in labels.values():
+        strata += "|" + y.reindex(index).map(lambda v: "-" if pd.isna(v) else str(int(v)))
+    if len(labels) == 1:  # one task: its own labels (the same folds as before sharing)
+        strata = next(iter(labels.values())).reindex(index)
+    fold = pd.Series(outer_folds(
+        strata.to_numpy(), groups[index].to_numpy(), n_folds=n_folds, seed=seed,
+        scheme=scheme, sites=sites[index].to_numpy() if sites is not None else None,
+        what="the study's tasks", check_classes=False), index=index)
+    for name, y in labels.items():
+        for k in sorted(fold.unique()):
+            classes = set(y[fold[y.index] == k])
+            for cls, word in ((1, "positives"), (0, "negatives")):
+                if cls not in classes:
+                    raise FoldError(
+                        f"task {name!r}: fold {k} of the folds the tasks share holds no "
+                        f"{word}; use fewer folds (cv.folds) or run this task in a study "
+                        "of its own")
     return fold
 
 

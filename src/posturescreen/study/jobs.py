@@ -113,7 +113,7 @@ def train_job(ctx: StudyContext, job: Job, reporter: Reporter | None = None) -> 
         split=split, groups=ctx.cohort[ctx.cfg.data.subject_column], model=model_cfg,
         train=ctx.cfg.train, threshold=ctx.cfg.threshold, seed=job.seed(ctx.cfg.seed),
         images=lambda size: ctx.cache.arrays[size],
-        preprocessing=ctx.preprocessing.get(job.model), angles=ctx.angles,
+        preprocessing=ctx.preprocessing.get(job.model), angles=ctx.angles_for(job.fold),
         scores=_score_reader(ctx, job), reporter=reporter, person_crop=ctx.cfg.pose.crop))
     val_idx = split.val if fitted.val_idx is None else fitted.val_idx
     y_val = split.y_val if fitted.y_val is None else fitted.y_val
