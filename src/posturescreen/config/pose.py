@@ -22,7 +22,8 @@ class LandmarkModelConfig(_Strict):
                             "photo cut to the person, letterboxed")
     epochs: int = Field(20, ge=1, le=500, description="training epochs of each landmark model")
     batch_size: int = Field(16, ge=2, le=512, description="photos per training step")
-    lr: float = Field(1e-3, gt=0, lt=1, description="AdamW's peak learning rate")
+    lr: float = Field(2e-3, gt=0, lt=1, description="AdamW's peak learning rate of the head "
+                      "(the backbone's is half of it)")
     min_photos: int = Field(20, ge=4, description="the fewest annotated training photos a "
                             "landmark model may learn from (fewer: the study stops and says so)")
 

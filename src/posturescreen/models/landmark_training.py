@@ -22,7 +22,7 @@ from posturescreen.models.landmarks import (
     normalise,
     warmup_cosine,
 )
-from posturescreen.models.precision import autocast_for, training_precision
+from posturescreen.models.precision import training_precision
 
 ROTATION_DEG = 10.0
 SCALE = 1.15  # zoom in or out by up to this factor
@@ -83,9 +83,11 @@ def fit_landmarks(images_u8: np.ndarray, points: np.ndarray, *, spec: LandmarkSp
     step_precision = training_precision(device, precision)
     net, weights = build_landmark_net(spec, pretrained)
     net = net.to(memory_format=torch.channels_last)
+    # bf16 only where it pays: the frozen layers (no backward); the trained ones fp32
+    net.frozen_bf16 = step_precision == "bf16"
     head = [p for n, p in net.named_parameters() if not n.startswith("body.")]
     body = [p for p in net.body.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": body, "lr": lr * 0.5},
+    optimizer = torch.optim.AdamW([{"params": body, "lr": lr * 0.5},  # the backbone slower
                                    {"params": head, "lr": lr}], weight_decay=1e-4)
     n = len(images_u8)
     batch = min(batch_size, n)
@@ -104,8 +106,7 @@ def fit_landmarks(images_u8: np.ndarray, points: np.ndarray, *, spec: LandmarkSp
             idx = order[k * batch:(k + 1) * batch]
             x, p, m = augment(normalise(images_u8[idx.numpy()], spec), target[idx],
                               annotated[idx], gen=gen)
-            with autocast_for(device, step_precision):
-                maps = net(x.contiguous(memory_format=torch.channels_last))
+            maps = net(x.contiguous(memory_format=torch.channels_last))
             loss = heatmap_loss(maps.float(), p, m, sigma=spec.sigma)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

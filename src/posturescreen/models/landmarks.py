@@ -92,8 +92,31 @@ class LandmarkNet(nn.Module):
             module.eval()  # their BatchNorm statistics stay ImageNet's
         return self
 
+    # training only: the frozen layers in bf16 (no backward through them), the rest fp32;
+    # every prediction is fp32 (set by landmark_training on hardware with native bf16)
+    frozen_bf16 = False
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b, n = self.body, self.spec.frozen_blocks
+        stages = getattr(b, "_stage_out_idx", None)
+        if not (self.training and self.frozen_bf16) or stages is None:
+            return self.body(x)
+        outs = []
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            x = b.bn1(b.conv_stem(x))
+            for i, block in enumerate(b.blocks[:n]):
+                x = block(x)
+                if i + 1 in stages:
+                    outs.append(x)
+        x, outs = x.float(), [o.float() for o in outs]
+        for i, block in enumerate(b.blocks[n:], start=n):
+            x = block(x)
+            if i + 1 in stages:
+                outs.append(x)
+        return outs
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.body(x)[1:]
+        features = self._features(x)[1:]
         y = self.lateral[-1](features[-1])
         for i in range(len(features) - 2, -1, -1):
             y = F.interpolate(y, size=features[i].shape[-2:], mode="nearest")

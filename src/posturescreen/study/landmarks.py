@@ -3,18 +3,17 @@ the manifest's annotations, cross-fitted so that no angle an outer fold's angle 
 model sees — for its test photos or its training photos — comes from a model that saw the
 annotations of that fold's test workers, or of the photo itself.
 
-The cross-fit, with K outer folds (shared by every task, study/folds.py):
-- K ≥ 3: one model per pair of folds {j, k}, trained on the annotated photos of the other
-  K − 2 folds. For outer fold k, a test photo's points are the mean of the K − 1 models
-  without k; a training photo in fold j gets the model without {j, k}. K(K−1)/2 models in
-  all, each on (K−2)/K of the photos.
-- K = 2: each fold's training photos are halved by worker; two models per fold, each
-  trained on one half, predict the other half; test photos get their mean.
-
-A bundle carries an outer fold's test models, so it measures a new photo exactly as the
-study measured that fold's test photos. Models are written under landmarks/models/<name>/
-(points.csv last: its presence marks the model done, so a killed study resumes); each
-fold's points under landmarks/fold<k>/.
+With K outer folds (shared by every task, study/folds.py):
+- test photos of fold k: the model trained on the annotated photos of every other fold
+  (`without_k`, the one a bundle carries for fold k, as a CNN bundle carries fold k's CNN);
+- training photos of fold k: the angle and fusion models fit and choose thresholds on them,
+  so their points must be as out-of-sample as a new photo's. With K ≥ 3, a training photo
+  in fold j gets the model trained on neither fold j nor fold k (`without_j_k`, shared by
+  folds j and k); with K = 2 each fold's training photos are halved by worker and each half
+  scored by a model trained on the other.
+K + K(K−1)/2 models in all (10 for 4 folds). Models are written under
+landmarks/models/<name>/ (points.csv last: its presence marks the model done, so a killed
+study resumes); each fold's points under landmarks/fold<k>/.
 """
 
 from __future__ import annotations
@@ -79,27 +78,28 @@ class CrossFit:
         return np.unique(np.concatenate(serve)) if serve else np.zeros(0, dtype=int)
 
 
-def crossfit_plan(fold: np.ndarray, groups: np.ndarray, seed: int) -> CrossFit:
+def crossfit_plan(fold: np.ndarray, groups: np.ndarray) -> CrossFit:
     """The cross-fit of the module docstring over photo positions (fold -1: in no task)."""
     folds = sorted(int(k) for k in np.unique(fold[fold >= 0]))
     plan = CrossFit(train={})
+    in_study = fold >= 0
+    for k in folds:
+        plan.train[f"without_{k}"] = np.flatnonzero(in_study & (fold != k))
+        plan.test[k] = [f"without_{k}"]
+        plan.held_out[k] = {}
     if len(folds) >= 3:
         for a, b in ((a, b) for a in folds for b in folds if a < b):
             name = f"without_{a}_{b}"
-            plan.train[name] = np.flatnonzero((fold >= 0) & (fold != a) & (fold != b))
-        for k in folds:
-            plan.test[k] = [f"without_{min(j, k)}_{max(j, k)}" for j in folds if j != k]
-            plan.held_out[k] = {f"without_{min(j, k)}_{max(j, k)}": np.flatnonzero(fold == j)
-                                for j in folds if j != k}
+            plan.train[name] = np.flatnonzero(in_study & (fold != a) & (fold != b))
+            plan.held_out[a][name] = np.flatnonzero(fold == b)
+            plan.held_out[b][name] = np.flatnonzero(fold == a)
         return plan
     for k in folds:
-        training = np.flatnonzero((fold >= 0) & (fold != k))
+        training = np.flatnonzero(in_study & (fold != k))
         halves = GroupKFold(n_splits=2).split(training, groups=groups[training])
-        plan.test[k], plan.held_out[k] = [], {}
         for h, (fit, held) in enumerate(halves):
             name = f"fold{k}_part{h}"
             plan.train[name] = training[fit]
-            plan.test[k].append(name)
             plan.held_out[k][name] = training[held]
     return plan
 
@@ -223,7 +223,7 @@ def crossfit_landmarks(cohort: pd.DataFrame, pose: pd.DataFrame | None, fold: np
         data = landmark_data(cohort, pose, names=names, spec=spec, fold=fold,
                              subject_column=cfg.data.subject_column, decode_size=decode_size,
                              progress=lambda n: progress.advance(bar, n))
-        plan = crossfit_plan(fold, data.groups, cfg.seed)
+        plan = crossfit_plan(fold, data.groups)
         bar = progress.add_task(f"landmark models ({', '.join(names)})", total=len(plan.train))
         predictions = {}
         for name, positions in plan.train.items():
