@@ -74,9 +74,12 @@ def augment(x: torch.Tensor, points: torch.Tensor, mask: torch.Tensor, *,
 
 def fit_landmarks(images_u8: np.ndarray, points: np.ndarray, *, spec: LandmarkSpec,
                   epochs: int, batch_size: int, lr: float, seed: int,
-                  pretrained: str = "imagenet", precision: str = "auto") -> LandmarkFit:
+                  pretrained: str = "imagenet", precision: str = "auto",
+                  threads: int | None = None) -> LandmarkFit:
     """Train on uint8 (N, 3, S, S) photos and (N, P, 2) input-pixel points (NaN: not
-    annotated)."""
+    annotated). `threads`: torch CPU threads (results depend on them; None: as set)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     device = torch.device("cpu")

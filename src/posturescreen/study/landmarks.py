@@ -154,7 +154,7 @@ def landmark_data(cohort: pd.DataFrame, pose: pd.DataFrame | None, *, names: lis
 
 def _train_one(out: Path, name: str, positions: np.ndarray, serve: np.ndarray,
                data: LandmarkData, *, spec: LandmarkSpec, cfg: LandmarkModelConfig,
-               seed: int, precision: str) -> pd.DataFrame:
+               seed: int, precision: str, threads: int | None) -> pd.DataFrame:
     """Train one model (or read it back when done) and return its points for `serve`."""
     folder = out / "models" / name
     if (folder / POINTS_FILE).is_file():
@@ -167,7 +167,8 @@ def _train_one(out: Path, name: str, positions: np.ndarray, serve: np.ndarray,
             "pose.landmarks: estimator")
     fit = fit_landmarks(data.images[annotated], data.points[annotated], spec=spec,
                         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                        seed=_seed(seed, name), pretrained=cfg.pretrained, precision=precision)
+                        seed=_seed(seed, name), pretrained=cfg.pretrained, precision=precision,
+                        threads=threads)
     from_net = _predict(fit.state_dict, spec, data, serve)
     atomic_write_safetensors(folder / MODEL_FILE, fit.state_dict)
     atomic_write_text(folder / SPEC_FILE, json.dumps(
@@ -229,7 +230,8 @@ def crossfit_landmarks(cohort: pd.DataFrame, pose: pd.DataFrame | None, fold: np
         for name, positions in plan.train.items():
             predictions[name] = _train_one(
                 out, name, positions, plan.predicts(name, fold), data, spec=spec,
-                cfg=learned, seed=cfg.seed, precision=cfg.train.precision)
+                cfg=learned, seed=cfg.seed, precision=cfg.train.precision,
+                threads=cfg.train.threads)
             progress.advance(bar)
     atomic_write_text(out / PLAN_FILE, json.dumps(
         {"spec": spec.to_dict(), "test": {str(k): v for k, v in plan.test.items()}}, indent=2))
