@@ -136,6 +136,7 @@ def test_angles_from_the_manifest_cannot_be_exported(tmp_path):
         [
             f"data.manifest={manifest}",
             "models=[{name: angles, kind: angles}]",
+            "pose.landmarks=manifest",
             "tasks=[{name: CH, positive: 'ch == 1'}]",
             "cv.folds=2",
             "metrics.bootstrap=50",
@@ -146,7 +147,7 @@ def test_angles_from_the_manifest_cannot_be_exported(tmp_path):
     )
     run_study(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "pose.csv").exists()  # no estimator was needed
-    with pytest.raises(BundleError, match="pose.landmarks=estimator"):
+    with pytest.raises(BundleError, match="pose.landmarks=learned"):
         export_bundle(tmp_path / "run", task="CH", model="angles", out=tmp_path / "b")
 
 

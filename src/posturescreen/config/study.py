@@ -87,7 +87,17 @@ class ModelConfig(_Strict):
     image_size: int | None = Field(
         None, ge=16, le=2048, description="cnn: default from the weights' metadata")
     cnn: str | None = Field(None, description="fusion: the name of this study's CNN to fuse")
-    C: float = Field(1.0, gt=0, le=1e6, description="angles/fusion: inverse L2 penalty")
+    C: float | Literal["auto"] = Field(
+        "auto", description="angles/fusion: the angle model's inverse L2 penalty; auto: "
+        "chosen inside each training fold by a grouped cross-validation (log-loss) among "
+        "0.01, 0.1, 1 and 10")
+
+    @field_validator("C")
+    @classmethod
+    def _positive_C(cls, v: float | str) -> float | str:
+        if v != "auto" and not 0 < v <= 1e6:
+            raise ValueError("C must be auto or a number in (0, 1e6]")
+        return v
 
     @model_validator(mode="after")
     def _fusion_names_a_cnn(self) -> ModelConfig:

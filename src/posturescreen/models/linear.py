@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -41,7 +41,7 @@ def _cnn_logit(p: np.ndarray) -> np.ndarray:
     return _logit(np.asarray(p, dtype=np.float32).astype(np.float64))
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=float)))
 
 
@@ -131,40 +131,49 @@ class AngleModel(_Numbers):
         return z @ np.asarray(self.coef) + self.intercept
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.logit(X))
+        return sigmoid(self.logit(X))
 
     def importance(self) -> dict[str, float]:
         """Coefficient per standard deviation of each angle (log-odds)."""
         return dict(zip(self.features, self.coef, strict=True))
 
 
+FUSION_MODES = ("both", "cnn", "angles")
+# which standardised scores a mode sums (the others get weight 0)
+_MODE_PARTS = {"both": (1.0, 1.0), "cnn": (1.0, 0.0), "angles": (0.0, 1.0)}
+
+
 class FusionModel(_Numbers):
-    """p = sigmoid(w·z(cnn logit) + w·z(angle logit) + b): the two standardised scores with one
-    shared weight. The weights are deliberately not learned separately: the inner validation
-    photos the fusion is fitted on also chose the CNN's checkpoint, so the CNN's scores there
-    flatter it, and a free weight would favour it (measured on the demo: the CNN got the
-    larger weight in every CH fold while its test AUC was 0.54)."""
+    """p = sigmoid(w·z(cnn logit) + w·z(angle logit) + b) in mode `both`: the two standardised
+    scores with one shared weight; in mode `cnn` or `angles` one of them alone (the study
+    chooses the mode by grouped cross-validation, so the fusion can fall back to its better
+    part). The two weights are never learned separately: the inner validation photos the
+    fusion is fitted on also chose the CNN's checkpoint, so the CNN's scores there flatter it,
+    and a free weight would favour it (measured on the demo: the CNN got the larger weight in
+    every CH fold while its test AUC was 0.54)."""
 
     means: list[_Finite] = Field(min_length=2, max_length=2)
     scales: list[_Scale] = Field(min_length=2, max_length=2)
     coef: list[_Finite] = Field(min_length=2, max_length=2)
     intercept: _Finite
+    mode: Literal["both", "cnn", "angles"] = "both"
 
     @classmethod
     def fit(cls, cnn_prob: np.ndarray, angle_logit: np.ndarray, y: np.ndarray,
-            *, C: float = 1.0) -> FusionModel:
+            *, C: float = 1.0, mode: str = "both") -> FusionModel:
         X = np.column_stack([_cnn_logit(cnn_prob), np.asarray(angle_logit, dtype=float)])
         means, scales = X.mean(axis=0), X.std(axis=0)
         scales = np.where(scales > 1e-9, scales, 1.0)
-        both = ((X - means) / scales).sum(axis=1, keepdims=True)
-        coef, intercept = _fit_logistic(both, np.asarray(y, int), C)
-        return cls(means=means.tolist(), scales=scales.tolist(), coef=[float(coef[0])] * 2,
-                   intercept=intercept)
+        parts = np.asarray(_MODE_PARTS[mode])
+        summed = ((X - means) / scales) @ parts
+        coef, intercept = _fit_logistic(summed[:, None], np.asarray(y, int), C)
+        return cls(means=means.tolist(), scales=scales.tolist(),
+                   coef=(float(coef[0]) * parts).tolist(), intercept=intercept, mode=mode)
 
     def predict(self, cnn_prob: np.ndarray, angle_logit: np.ndarray) -> np.ndarray:
         X = np.column_stack([_cnn_logit(cnn_prob), np.asarray(angle_logit, dtype=float)])
         z = (X - np.asarray(self.means)) / np.asarray(self.scales)
-        return _sigmoid(z @ np.asarray(self.coef) + self.intercept)
+        return sigmoid(z @ np.asarray(self.coef) + self.intercept)
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,8 @@ def hand_angles(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def bland_altman_figure(pairs: dict[str, pd.DataFrame]) -> Figure:
+def bland_altman_figure(pairs: dict[str, pd.DataFrame], *, source: str = "estimator"
+                        ) -> Figure:
     fig = Figure(figsize=(3.6 * max(1, len(pairs)), 3.4))
     axes = fig.subplots(1, max(1, len(pairs)), squeeze=False)[0]
     for ax, (name, d) in zip(axes, pairs.items(), strict=False):
@@ -134,7 +135,7 @@ def bland_altman_figure(pairs: dict[str, pd.DataFrame]) -> Figure:
         ax.scatter(d["mean"], d["difference"], s=8, alpha=0.6)
         for v, style in ((bias, "-"), (bias - 1.96 * sd, ":"), (bias + 1.96 * sd, ":")):
             ax.axhline(v, color="black", ls=style, lw=1)
-        ax.set(title=name, xlabel="mean of the two", ylabel="estimator − hand")
+        ax.set(title=name, xlabel="mean of the two", ylabel=f"{source} − hand")
     fig.tight_layout()
     return fig
 
