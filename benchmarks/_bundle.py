@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posturescreen.config import load_config
+from posturescreen.config.study import load_config
 from posturescreen.data.synthetic import generate_cohort
-from posturescreen.export import export_bundle
 from posturescreen.pipeline import run_study
+from posturescreen.screening.export import export_bundle
 
 
 def make_bundle(folder: Path, model: str = "resnet50", size: int = 224) -> Path:
@@ -21,4 +21,4 @@ def make_bundle(folder: Path, model: str = "resnet50", size: int = 224) -> Path:
         f"image_size: {size}}}]", "tasks=[{name: CH, positive: 'ch == 1'}]", "cv.folds=4",
         "train.epochs=1", "train.batch_size=4", "metrics.bootstrap=50"])
     run_study(cfg, folder / "run")
-    return export_bundle(folder / "run", "CH", model, bundle)
+    return export_bundle(folder / "run", task="CH", model=model, out=bundle)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posturescreen.bootstrap import bootstrap_ci
+from posturescreen.stats.resampling import bootstrap_ci
 
 FILES = {"worker": "worker_predictions.csv", "photo": "predictions.csv"}
 
@@ -30,7 +30,7 @@ def bound_sds(table: pd.DataFrame, resamples: int, seeds: int) -> np.ndarray:
         lows, highs = [], []
         for seed in range(seeds):
             ci = bootstrap_ci(g.label.to_numpy(), g.prob.to_numpy(), g.pred.to_numpy(),
-                              g.subject_id.to_numpy(), resamples, seed,
+                              groups=g.subject_id.to_numpy(), n_resamples=resamples, seed=seed,
                               strata=g.fold.to_numpy())
             lows.append([ci[m][0] for m in ci])
             highs.append([ci[m][1] for m in ci])

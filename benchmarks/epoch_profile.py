@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from posturescreen.cohort import prepare_study
-from posturescreen.config import load_config
-from posturescreen.jobs import train_job
+from posturescreen.config.study import load_config
+from posturescreen.study.jobs import train_job
+from posturescreen.study.prepare import prepare_study
 
 
 class StepTimes:

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from posturescreen.config import AugmentConfig
+from posturescreen.config.study import AugmentConfig
 from posturescreen.data.images import build_image_cache
 from posturescreen.data.synthetic import generate_cohort
-from posturescreen.models import build_model, preprocessing_for
-from posturescreen.training import Normalizer, build_augmentation, train_step, training_batch
+from posturescreen.models.cnn import build_model, preprocessing_for
+from posturescreen.models.training import Normalizer, build_augmentation, train_step, training_batch
 
 PAPER = (("vgg19", 224), ("resnet50", 224), ("efficientnet_b5", 456))
 TASK_PHOTOS = {"CH": 466, "NSP": 860, "CH+NSP": 420}  # photos per task in the paper cohort
@@ -55,9 +55,9 @@ def throughput(name, size, images, labels, args, fast: bool) -> float:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
         idx = rng.choice(len(images), args.batch, replace=False)
-        x = training_batch(images[idx], augment, norm, device, fast)
+        x = training_batch(images[idx], augment, norm, device=device, channels_last=fast)
         y = torch.from_numpy(labels[idx].astype(np.float32)).to(device)
-        train_step(model, x, y, loss_fn, opt, device, precision)
+        train_step(model, x, y, loss_fn=loss_fn, optimizer=opt, device=device, precision=precision)
     torch.cuda.synchronize()
     return args.steps * args.batch / (time.perf_counter() - t0)
 
@@ -85,7 +85,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     print(f"device: {torch.cuda.get_device_name(0)}")
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = generate_cohort(Path(tmp) / "c", 531, 0, 456)
+        manifest = generate_cohort(Path(tmp) / "c", 531, 0, size=456)
         import pandas as pd
 
         table = pd.read_csv(manifest)

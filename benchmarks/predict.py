@@ -25,10 +25,10 @@ from pytorch_grad_cam import GradCAM
 from torchvision import transforms as T
 
 from _bundle import make_bundle
-from posturescreen.bundle import load_bundle
 from posturescreen.explain import PositiveLogit, overlay
-from posturescreen.models import target_layer
-from posturescreen.predict import collect_photos, predict_files
+from posturescreen.models.cnn import target_layer
+from posturescreen.screening.bundle import load_bundle
+from posturescreen.screening.predict import collect_photos, predict_files
 
 TARGET_S = 1.0
 
@@ -61,11 +61,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_bundle(make_bundle(Path(tmp)))
         out = Path(tmp) / "overlays"
-        predict_files(photos[:1], [bundle], out)  # warm-up
+        predict_files(photos[:1], [bundle], out_dir=out)  # warm-up
         ours = []
         for p in photos[:5]:
             t0 = time.perf_counter()
-            predict_files([p], [bundle], out)
+            predict_files([p], [bundle], out_dir=out)
             ours.append(time.perf_counter() - t0)
         ref = []
         reference_one(photos[0], bundle.models, bundle.preprocessing, "resnet50")
@@ -74,7 +74,7 @@ def main() -> None:
             reference_one(p, bundle.models, bundle.preprocessing, "resnet50")
             ref.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        predict_files(photos, [bundle], out)
+        predict_files(photos, [bundle], out_dir=out)
         folder_s = time.perf_counter() - t0
     o, r = statistics.median(ours), statistics.median(ref)
     print(f"one photo, 4-fold resnet50 @224 + Grad-CAM, {args.threads} threads (median of 5):")

@@ -24,12 +24,12 @@ import ray
 import torch
 from rich.console import Console
 
-from posturescreen.cohort import prepare_study
 from posturescreen.demo import DEMO_SUBJECTS, demo_cohort, demo_config
-from posturescreen.executor_ray import RayExecutor
-from posturescreen.executors import LocalExecutor, job_waves
-from posturescreen.jobs import train_job, wave_of, write_job
 from posturescreen.pipeline import run_study
+from posturescreen.study.executors import LocalExecutor, job_waves
+from posturescreen.study.jobs import train_job, wave_of, write_job
+from posturescreen.study.prepare import prepare_study
+from posturescreen.study.ray_executor import RayExecutor
 
 
 def grid_seconds(cfg, run_dir: Path, executor) -> float:

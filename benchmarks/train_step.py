@@ -35,11 +35,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from posturescreen.config import AugmentConfig, TrainConfig
+from posturescreen.config.study import AugmentConfig, TrainConfig
 from posturescreen.data.images import build_image_cache
-from posturescreen.models import build_model, preprocessing_for
-from posturescreen.precision import keep_slow_bf16_layers_fp32, training_precision
-from posturescreen.training import (
+from posturescreen.models.cnn import build_model, preprocessing_for
+from posturescreen.models.precision import keep_slow_bf16_layers_fp32, training_precision
+from posturescreen.models.training import (
     Normalizer,
     build_augmentation,
     build_optimizer,
@@ -90,7 +90,15 @@ def reference(args, paths, labels, prep) -> tuple[float, float]:
             it = iter(loader)
             x, y = next(it)
         t1 = time.perf_counter()
-        train_step(model, x, y, loss_fn, opt, torch.device("cpu"), "fp32")
+        train_step(
+            model,
+            x,
+            y,
+            loss_fn=loss_fn,
+            optimizer=opt,
+            device=torch.device("cpu"),
+            precision="fp32",
+        )
         t2 = time.perf_counter()
         if step:
             wait += t1 - t0
@@ -98,10 +106,21 @@ def reference(args, paths, labels, prep) -> tuple[float, float]:
     return args.steps * args.batch / total, wait / total
 
 
-def ours(args, images, labels, prep, channels_last: bool, precision: str,
-         compiled: bool = False, fused: bool = False, threads: int | None = None,
-         device: torch.device | None = None, lr: float = 1e-4, weight_decay: float = 0.05,
-         all_bf16: bool = False) -> tuple[float, float]:
+def ours(
+    args,
+    images,
+    labels,
+    prep,
+    channels_last: bool,
+    precision: str,
+    compiled: bool = False,
+    fused: bool = False,
+    threads: int | None = None,
+    device: torch.device | None = None,
+    lr: float = 1e-4,
+    weight_decay: float = 0.05,
+    all_bf16: bool = False,
+) -> tuple[float, float]:
     device = device or torch.device("cpu")
     torch.set_num_threads(threads or args.threads)
     model = _model(args.model, channels_last).to(device)
@@ -109,8 +128,11 @@ def ours(args, images, labels, prep, channels_last: bool, precision: str,
         keep_slow_bf16_layers_fp32(model, device, precision)
     step_model = torch.compile(model) if compiled else model
     warmup = 2 if compiled else 1  # compiling happens in the first step(s)
-    opt = (torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-           if fused else build_optimizer(model, lr, weight_decay))
+    opt = (
+        torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+        if fused
+        else build_optimizer(model, lr, weight_decay)
+    )
     loss_fn = nn.BCEWithLogitsLoss()
     augment = build_augmentation(AugmentConfig(), prep.input_size).to(device)
     norm = Normalizer(prep, device)
@@ -122,10 +144,12 @@ def ours(args, images, labels, prep, channels_last: bool, precision: str,
             print(f"  (compiling took {time.perf_counter() - t_start:.0f} s, not counted)")
         t0 = time.perf_counter()
         idx = rng.choice(len(images), args.batch, replace=False)
-        x = training_batch(images[idx], augment, norm, device, channels_last)
+        x = training_batch(images[idx], augment, norm, device=device, channels_last=channels_last)
         y = torch.from_numpy(labels[idx].astype(np.float32)).to(device)
         t1 = time.perf_counter()
-        train_step(step_model, x, y, loss_fn, opt, device, precision)
+        train_step(
+            step_model, x, y, loss_fn=loss_fn, optimizer=opt, device=device, precision=precision
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
@@ -140,26 +164,47 @@ def study_default(args, images, labels, prep, threads: int) -> tuple[str, tuple[
     cfg = TrainConfig()
     device = resolve_device(cfg)
     precision = training_precision(device, cfg.precision)
-    label = (f"{device.type}, {precision}, {'channels_last' if cfg.channels_last else 'NCHW'}"
-             f", {threads} threads{', compiled' if cfg.compile else ''}")
-    return label, ours(args, images, labels, prep, cfg.channels_last, precision, cfg.compile,
-                       threads=threads, device=device, lr=cfg.lr,
-                       weight_decay=cfg.weight_decay)
+    label = (
+        f"{device.type}, {precision}, {'channels_last' if cfg.channels_last else 'NCHW'}"
+        f", {threads} threads{', compiled' if cfg.compile else ''}"
+    )
+    return label, ours(
+        args,
+        images,
+        labels,
+        prep,
+        cfg.channels_last,
+        precision,
+        cfg.compile,
+        threads=threads,
+        device=device,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", type=Path, required=True, help="manifest CSV (image column)")
     ap.add_argument("--label", default="posture", help="label column")
     ap.add_argument("--positive", default="bad", help="value of the label column = 1")
     ap.add_argument("--model", default="resnet50")
-    ap.add_argument("--size", type=int, default=None,
-                    help="input size; default: the model's own, as the study uses")
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="input size; default: the model's own, as the study uses",
+    )
     ap.add_argument("--batch", type=int, default=TrainConfig().batch_size)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads for every row; default: the study's (all cores)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for every row; default: the study's (all cores)",
+    )
     ap.add_argument("--variants", default="default,fp32,channels_last,bf16,channels_last+bf16")
     args = ap.parse_args()
     default_threads = resolve_threads(TrainConfig())  # before this script sets any
@@ -169,30 +214,49 @@ def main() -> None:
     paths = [str(args.data.parent / p) for p in table["image"]]
     labels = (table[args.label].astype(str) == args.positive).to_numpy().astype(int)
     prep = preprocessing_for(args.model, args.size)
-    print(f"model {args.model} @ {prep.input_size}px, batch {args.batch}, {args.steps} steps, "
-          f"{args.threads} threads, {len(paths)} photos")
+    print(
+        f"model {args.model} @ {prep.input_size}px, batch {args.batch}, {args.steps} steps, "
+        f"{args.threads} threads, {len(paths)} photos"
+    )
 
     ref_ips, ref_wait = reference(args, paths, labels, prep)
-    print(f"reference (PIL decode + transforms per item, DataLoader): {ref_ips:6.2f} img/s, "
-          f"data wait {ref_wait:5.1%}")
+    print(
+        f"reference (PIL decode + transforms per item, DataLoader): {ref_ips:6.2f} img/s, "
+        f"data wait {ref_wait:5.1%}"
+    )
     t0 = time.perf_counter()
     cache = build_image_cache([Path(p) for p in paths], {prep.input_size: prep.interpolation})
     decode_s = time.perf_counter() - t0
-    print(f"decode once into the uint8 cache: {decode_s:.1f} s for {len(paths)} photos "
-          f"(= {len(paths) / decode_s:.0f} photos/s, paid once per study)")
+    print(
+        f"decode once into the uint8 cache: {decode_s:.1f} s for {len(paths)} photos "
+        f"(= {len(paths) / decode_s:.0f} photos/s, paid once per study)"
+    )
     images = cache.arrays[prep.input_size]
     for variant in args.variants.split(","):
         if variant == "default":
             label, (ips, wait) = study_default(args, images, labels, prep, args.threads)
-            print(f"ours [{'default':>22}]: {ips:6.2f} img/s, data wait {wait:5.1%}, "
-                  f"ratio vs reference {ips / ref_ips:4.2f}x  ({label})")
+            print(
+                f"ours [{'default':>22}]: {ips:6.2f} img/s, data wait {wait:5.1%}, "
+                f"ratio vs reference {ips / ref_ips:4.2f}x  ({label})"
+            )
             continue
         cl = "channels_last" in variant
         precision = "bf16" if "bf16" in variant else "fp32"
-        ips, wait = ours(args, images, labels, prep, cl, precision, "compile" in variant,
-                         fused="fused" in variant, all_bf16="allbf16" in variant)
-        print(f"ours [{variant:>22}]: {ips:6.2f} img/s, data wait {wait:5.1%}, "
-              f"ratio vs reference {ips / ref_ips:4.2f}x")
+        ips, wait = ours(
+            args,
+            images,
+            labels,
+            prep,
+            cl,
+            precision,
+            "compile" in variant,
+            fused="fused" in variant,
+            all_bf16="allbf16" in variant,
+        )
+        print(
+            f"ours [{variant:>22}]: {ips:6.2f} img/s, data wait {wait:5.1%}, "
+            f"ratio vs reference {ips / ref_ips:4.2f}x"
+        )
 
 
 if __name__ == "__main__":

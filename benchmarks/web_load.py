@@ -49,7 +49,7 @@ def main() -> None:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         bundle = make_bundle(Path(tmp), args.model, args.size)
-        server = subprocess.Popen([sys.executable, "-m", "posturescreen", "serve", "--model",
+        server = subprocess.Popen([sys.executable, "-m", "posturescreen", "serve", "--bundle",
                                    str(bundle), "--host", "127.0.0.1", "--port", str(port)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from posturescreen.config import StudyConfig, load_config
+from posturescreen.config.study import StudyConfig, load_config
+from posturescreen.data.synthetic import generate_cohort
+from posturescreen.pipeline import run_study
 
 # tests talk to nothing but loopback: no library telemetry
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -60,12 +62,35 @@ TINY_OVERRIDES = [
     "train.threads=1",
     "metrics.bootstrap=100",
     "cv.folds=3",
+    # the tiny photos hold no person: the pose estimator would find none (tests of the pose
+    # stage, the crop and the blur turn these on), and only the report tests read a report
+    "pose.crop=false",
+    "privacy.blur_faces=false",
+    "report=false",
 ]
 
 
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory) -> Path:
     return make_cohort(tmp_path_factory.mktemp("cohort"))
+
+
+@pytest.fixture(scope="session")
+def screening_study(tmp_path_factory) -> tuple[Path, Path]:
+    """(root, manifest): a finished synthetic study of a tiny CNN, the angle model and their
+    fusion, angles from the pose estimator (so every model exports), for the export,
+    predict and web tests. Its run folder is root/run; tests write their bundles elsewhere
+    and never change the run."""
+    root = tmp_path_factory.mktemp("screening")
+    manifest = generate_cohort(root / "cohort", n_subjects=32, seed=6, size=160)
+    cfg = load_config(None, [
+        f"data.manifest={manifest}", "pose.landmarks=estimator",
+        "models=[{name: test_resnet, pretrained: none, image_size: 64},"
+        " {name: angles, kind: angles}, {name: fused, kind: fusion, cnn: test_resnet}]",
+        "tasks=[{name: CH, positive: 'ch == 1'}]", "cv.folds=2", "train.epochs=2",
+        "train.batch_size=8", "train.threads=1", "metrics.bootstrap=50", "report=false"])
+    run_study(cfg, root / "run")
+    return root, manifest
 
 
 @pytest.fixture
@@ -95,3 +120,15 @@ def chromium_browser():
         browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+# tests that use these fixtures carry the marker, so `-m "not browser"` (or pose) leaves
+# them out; CI runs them all
+_MARKED_BY_FIXTURE = {"chromium_browser": "browser", "screening_study": "pose"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, marker in _MARKED_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from posturescreen.bundle import BUNDLE_FORMAT, INTENDED_USE, METADATA
-from posturescreen.models import build_model, sha256_file
+from posturescreen.models.cnn import build_model, sha256_file
+from posturescreen.screening.bundle import BUNDLE_FORMAT, INTENDED_USE, METADATA
 
 
 def bundle_metadata(folds: list[dict]) -> dict:

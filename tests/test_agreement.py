@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from posturescreen.agreement import agreement_table, hand_angles, icc_2_1
+from posturescreen.posture.agreement import agreement_table, hand_angles, icc_2_1
 
 # Shrout & Fleiss (1979), Psychol Bull 86:420, Table 2: 6 targets rated by 4 judges;
 # their ICC(2,1) = 0.29 (pingouin, irr::icc: 0.290)

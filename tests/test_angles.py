@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from posturescreen.angles import ANGLES, facing, measure
+from posturescreen.posture.angles import ANGLES, facing, measure
 
 
 def _mirror(points: dict, width: float = 400.0) -> dict:

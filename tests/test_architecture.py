@@ -2,6 +2,7 @@
 run-folder module below every stage, and modules small enough to hold one idea."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -100,10 +101,78 @@ def test_no_imports_inside_functions():
     assert not nested, nested
 
 
+# The packages bottom to top: each imports only packages below it (or itself).
+LAYERS = (
+    ("posturescreen", "errors", "files", "progress"),
+    ("config",),
+    ("data",),
+    ("stats",),
+    ("posture",),
+    ("models",),
+    ("runfolder",),
+    ("study",),
+    ("explain",),
+    ("report",),
+    ("screening",),
+    ("pipeline", "demo"),
+    ("cli",),
+    ("__main__",),
+)
+
+
+def _top(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "posturescreen"
+
+
+def layer_of(module: str) -> int:
+    for k, names in enumerate(LAYERS):
+        if _top(module) in names:
+            return k
+    raise AssertionError(f"{module}: its package is in no layer of LAYERS")
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {t}" for m, targets in edges.items() for t in targets
+                  if layer_of(t) > layer_of(m))
+
+
+def test_layer_check_finds_a_planted_upward_import():
+    planted = {"posturescreen.stats.metrics": {"posturescreen.config.study",
+                                               "posturescreen.study.jobs"}}
+    assert upward_imports(planted) == ["posturescreen.stats.metrics -> posturescreen.study.jobs"]
+
+
+def test_every_module_is_in_a_layer():
+    edges, _ = import_graph()
+    for m in edges:
+        layer_of(m)
+
+
+def test_each_package_imports_only_packages_below_it():
+    edges, _ = import_graph()
+    assert not upward_imports(edges)
+
+
+def test_packages_of_one_layer_do_not_import_each_other():
+    edges, _ = import_graph()
+    sideways = sorted(f"{m} -> {t}" for m, targets in edges.items() for t in targets
+                      if layer_of(t) == layer_of(m) and _top(t) != _top(m) and layer_of(t) > 0)
+    assert not sideways, sideways
+
+
 def test_runfolder_imports_no_stage():
     edges, _ = import_graph()
-    allowed = {"posturescreen", "posturescreen.config", "posturescreen.errors"}
-    assert edges["posturescreen.runfolder"] <= allowed, edges["posturescreen.runfolder"]
+    below = [t for t in edges["posturescreen.runfolder"]
+             if layer_of(t) >= layer_of("posturescreen.runfolder")]
+    assert not below, below
+
+
+def test_statistics_know_nothing_of_the_config():
+    edges, _ = import_graph()
+    found = sorted(f"{m} -> {t}" for m, targets in edges.items() for t in targets
+                   if _top(m) == "stats" and _top(t) == "config")
+    assert not found, found
 
 
 def test_stages_import_the_pipeline_never():
@@ -111,6 +180,56 @@ def test_stages_import_the_pipeline_never():
     importers = {m for m, targets in edges.items() if "posturescreen.pipeline" in targets}
     assert all(m.startswith("posturescreen.cli") or m == "posturescreen.demo"
                for m in importers), importers
+
+
+# the model kinds' registry (models/kinds) answers what a kind does; the config declares the
+# kinds' names and which fields each takes
+KIND_SWITCH = re.compile(r"\bkind\s*(==|!=|in\b|not\s+in\b)")
+KIND_HOMES = ("models/kinds/", "config/")
+
+
+def kind_switches(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if KIND_SWITCH.search(line)]
+
+
+def test_kind_switch_finder_finds_one():
+    assert kind_switches('x = 1\nif model.kind == "fusion":\n') == ['if model.kind == "fusion":']
+    assert kind_switches("if kind in (1, 2):\nkind = 3\n") == ["if kind in (1, 2):"]
+
+
+def test_no_kind_switch_outside_the_kinds_registry():
+    found = []
+    for path in [*SRC.rglob("*.py"), *SRC.rglob("*.j2")]:
+        rel = path.relative_to(SRC).as_posix()
+        if not rel.startswith(KIND_HOMES):
+            found += [f"{rel}: {line}" for line in kind_switches(path.read_text())]
+    assert not found, found
+
+
+def positional_overflow(tree: ast.AST) -> list[str]:
+    """Public functions with more than three parameters that take more than three of them
+    by position (the rest belong after a `*`)."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                and not node.name.startswith("_"):
+            a = node.args
+            positional = [x.arg for x in a.posonlyargs + a.args if x.arg not in ("self", "cls")]
+            if len(positional) + len(a.kwonlyargs) > 3 and len(positional) > 3:
+                out.append(f"{node.name}({', '.join(positional)})")
+    return out
+
+
+def test_positional_overflow_finder():
+    tree = ast.parse("def f(a, b, c, d): pass\ndef g(a, b, *, c, d): pass\n"
+                     "def _h(a, b, c, d): pass\nclass K:\n    def m(self, a, b, c): pass\n")
+    assert positional_overflow(tree) == ["f(a, b, c, d)"]
+
+
+def test_public_functions_take_at_most_three_positional_parameters():
+    found = [f"{p.relative_to(SRC)}: {f}" for p in sorted(SRC.rglob("*.py"))
+             for f in positional_overflow(ast.parse(p.read_text()))]
+    assert not found, found
 
 
 @pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: p.name)

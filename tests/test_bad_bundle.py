@@ -12,10 +12,10 @@ from fake_bundle import make_bundle, read_metadata, write_metadata
 from PIL import Image
 from typer.testing import CliRunner
 
-from posturescreen import bundle as bundle_module
-from posturescreen.bundle import BundleError, load_bundle
 from posturescreen.cli import app
-from posturescreen.models import sha256_file
+from posturescreen.models.cnn import sha256_file
+from posturescreen.screening import bundle as bundle_module
+from posturescreen.screening.bundle import BundleError, load_bundle
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_broken_bundle_is_named(good, tmp_path, case):
     assert needle in str(info.value) and str(folder) in str(info.value)
     photo = tmp_path / "p.png"
     Image.new("RGB", (40, 30), (90, 80, 70)).save(photo)
-    result = CliRunner().invoke(app, ["predict", str(photo), "--model", str(folder),
+    result = CliRunner().invoke(app, ["predict", str(photo), "--bundle", str(folder),
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and result.output.startswith("error:"), result.output
     assert needle in " ".join(result.output.split())
@@ -152,7 +152,7 @@ def test_overlays_are_unique_per_input_photo(good, tmp_path):
         p.parent.mkdir(exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(p)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["predict", *map(str, photos), "--model", str(good),
+    result = CliRunner().invoke(app, ["predict", *map(str, photos), "--bundle", str(good),
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "predictions.csv")

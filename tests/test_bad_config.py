@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from conftest import TINY_OVERRIDES
 from posturescreen.cli import app
-from posturescreen.config import ConfigError, load_config
-from posturescreen.models import WeightsUnavailableError, read_state_dict
+from posturescreen.config.study import ConfigError, load_config
+from posturescreen.models.cnn import WeightsUnavailableError, read_state_dict
 from posturescreen.pipeline import run_study
 
 ALIAS_BOMB = "\n".join(

@@ -20,12 +20,12 @@ except ImportError:  # not POSIX
     resource = None
 from posturescreen import files
 from posturescreen.cli import app
-from posturescreen.config import load_config
+from posturescreen.config.study import load_config
 from posturescreen.data.images import ImageReadError, read_image_file
 from posturescreen.data.manifest import ManifestError, load_manifest
 from posturescreen.files import OutputError
-from posturescreen.folds import FoldError
 from posturescreen.pipeline import run_study
+from posturescreen.study.folds import FoldError
 
 ONE_TASK = "tasks=[{name: CH, positive: 'ch == 1'}]"
 
@@ -145,7 +145,7 @@ def test_empty_subject_and_image_cells(tmp_path):
 @pytest.fixture(scope="module")
 def one_task_run(tmp_path_factory, tiny_manifest):
     cfg = load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}", ONE_TASK,
-                             "train.epochs=1"])
+                             "train.epochs=1", "report=true"])
     run = tmp_path_factory.mktemp("finished") / "run"
     run_study(cfg, run)
     return run

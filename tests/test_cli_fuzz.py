@@ -214,6 +214,6 @@ def test_any_bundle_metadata(world, data):
         folder = Path(tmp) / "b"
         shutil.copytree(bundle, folder)
         (folder / "metadata.json").write_bytes(raw)
-        result = CliRunner().invoke(app, ["predict", str(photo), "--model", str(folder),
+        result = CliRunner().invoke(app, ["predict", str(photo), "--bundle", str(folder),
                                           "--out", f"{tmp}/out"])
     _ok_or_clean_error(result)

@@ -4,12 +4,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
-from posturescreen.compare import (
+from posturescreen.stats.compare import (
     VarianceNotEstimable,
     compare_models,
     delong_test,
     placements,
 )
+from posturescreen.stats.resampling import resample_weights, weighted_auc
 
 
 def _brute_force(y, s1, s2):
@@ -172,11 +173,10 @@ def test_clustered_delong_agrees_with_a_worker_bootstrap():
     y, s1, s2, worker = _multi_photo_case(rng)
     clustered = delong_test(y, s1, s2, clusters=worker)
     photo_level = delong_test(y, s1, s2)
-    members = [np.flatnonzero(worker == w) for w in np.unique(worker)]
-    diffs = []
-    for _ in range(3000):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-        diffs.append(roc_auc_score(y[idx], s1[idx]) - roc_auc_score(y[idx], s2[idx]))
+    # 3000 worker resamples as weights (a worker drawn twice counts twice): the AUC of a
+    # weighted sample is the AUC of the resample (tests/test_metrics.py checks this identity)
+    W = resample_weights(worker, 3000, seed=3)
+    diffs = weighted_auc(y, s1, W) - weighted_auc(y, s2, W)
     boot_se = np.std(diffs, ddof=1)
     assert clustered.se == pytest.approx(boot_se, rel=0.10)
     # treating a worker's photos as independent understates the uncertainty
@@ -208,7 +208,7 @@ def test_fold_stratified_delong_combines_folds_and_matches_a_bootstrap():
     one = delong_test(y, s1, s2, clusters=worker, strata=np.zeros(len(y)))
     assert one.z == pytest.approx(delong_test(y, s1, s2, clusters=worker).z, rel=1e-12)
     r = delong_test(y, s1, s2, clusters=worker, strata=fold)
-    from posturescreen.metrics import binary_metrics
+    from posturescreen.stats.metrics import binary_metrics
     assert r.auc1 == pytest.approx(binary_metrics(y, s1, s1 > 0, strata=fold)["AUC"])
     diffs = []
     members = [np.flatnonzero(worker == w) for w in np.unique(worker)]
@@ -232,7 +232,7 @@ def test_a_fold_of_one_cluster_gives_no_test_and_says_why():
     with pytest.raises(VarianceNotEstimable, match="fold 0: its positives come from a single"
                        ) as caught:
         delong_test(y, s1, s2, clusters=worker, strata=fold)
-    from posturescreen.metrics import binary_metrics
+    from posturescreen.stats.metrics import binary_metrics
     assert caught.value.aucs[0] == pytest.approx(
         binary_metrics(y, s1, s1 > 0, strata=fold)["AUC"])  # the AUCs stand
     rows = [{"task": "T", "model": m, "row": i, "subject": str(worker[i]), "label": y[i],

@@ -1,8 +1,10 @@
+import typing
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from posturescreen.config import ConfigError, StudyConfig, load_config
+from posturescreen.config.study import ConfigError, StudyConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,3 +60,30 @@ def test_fingerprint_tracks_results_not_paths():
     b = load_config(None, ["data.manifest=/b/m.csv"])
     c = load_config(None, ["train.epochs=2"])
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def _config_models(model: type[BaseModel], seen: set | None = None) -> list[type[BaseModel]]:
+    """The config's section models, reachable from `model` through its fields."""
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return []
+    seen.add(model)
+    out = [model]
+    for field in model.model_fields.values():
+        for arg in [field.annotation, *typing.get_args(field.annotation)]:
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                out += _config_models(arg, seen)
+    return out
+
+
+def test_every_config_field_is_described():
+    missing = [f"{m.__name__}.{name}" for m in _config_models(StudyConfig)
+               for name, field in m.model_fields.items() if not (field.description or "").strip()]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("override", ["train.weight_decay=.inf", "train.warmup_epochs=.nan",
+                                      "train.lr=.nan", "models.C=.inf"])
+def test_non_finite_numbers_are_refused(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[-1]):
+        load_config(None, [override])

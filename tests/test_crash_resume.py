@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_OVERRIDES
-from posturescreen.config import load_config
+from posturescreen.config.study import load_config
 from posturescreen.pipeline import run_study
 
 # slower jobs (about a second or two each) so the kill lands inside one

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_OVERRIDES, make_cohort
 from posturescreen.cli import app
-from posturescreen.config import load_config
+from posturescreen.config.study import load_config
 from posturescreen.data.manifest import ManifestError, load_manifest
 from posturescreen.pipeline import run_study
 from posturescreen.runfolder import load_run, read_predictions

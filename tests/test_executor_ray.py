@@ -20,20 +20,22 @@ from typer.testing import CliRunner
 
 from conftest import TINY_OVERRIDES
 from posturescreen.cli import app
-from posturescreen.cohort import prepare_study
-from posturescreen.config import load_config
+from posturescreen.config.study import load_config
 from posturescreen.errors import MissingExtraError
-from posturescreen.executor_ray import RayExecutor, RayResourcesError
-from posturescreen.executors import JobsFailedError, job_waves
-from posturescreen.jobs import train_job, write_job
+from posturescreen.models.precision import training_precision
 from posturescreen.pipeline import run_study
-from posturescreen.precision import training_precision
+from posturescreen.report import build_report
 from posturescreen.runfolder import Job
+from posturescreen.study.executors import JobsFailedError, job_waves
+from posturescreen.study.jobs import train_job, write_job
+from posturescreen.study.prepare import prepare_study
+from posturescreen.study.ray_executor import RayExecutor, RayResourcesError
 
 TESTS = Path(__file__).resolve().parent
 # two tasks x three folds of a 32 px model: six jobs of about a second each
 GRID = [*TINY_OVERRIDES, "tasks=[{name: CH, positive: 'ch == 1'}, {name: NSP, positive: "
         "'nsp == 1'}]"]
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +125,8 @@ def test_ray_grid_is_byte_identical_to_local(ray, cfg, local_run, tmp_path):
     resolved = training_precision(torch.device("cpu"), "auto")
     for path in (tmp_path / "ray").glob("*/*/fold*/fold.json"):
         assert json.loads(path.read_text())["training_precision"] == resolved
-    assert f"resolved on the machine that trained: {resolved}" in (
-        tmp_path / "ray" / "report.html").read_text()
+    assert f"resolved on the machine that trained: {resolved}" in build_report(
+        tmp_path / "ray").read_text()
 
 
 def test_worker_killed_mid_job_is_retried_and_the_grid_completes(ray, cfg, local_run, tmp_path):

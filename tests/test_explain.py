@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from posturescreen.body import REGIONS
-from posturescreen.config import load_config
+from posturescreen.config.study import load_config
+from posturescreen.data.body import REGIONS
 from posturescreen.data.synthetic import balanced_cells, generate_cohort
 from posturescreen.explain import (
     align_to_body,
@@ -14,7 +14,7 @@ from posturescreen.explain import (
     region_shares,
     regions_from_landmarks,
 )
-from posturescreen.models import build_model, preprocessing_for, target_layer
+from posturescreen.models.cnn import build_model, preprocessing_for, target_layer
 from posturescreen.pipeline import run_study
 from posturescreen.runfolder import load_run
 
@@ -26,7 +26,7 @@ def test_cam_per_architecture_has_input_shape_and_range(name, size):
     model, _ = build_model(name, "none")
     prep = preprocessing_for(name, size)
     images = np.random.default_rng(0).integers(0, 255, (3, 3, size, size), dtype=np.uint8)
-    cams = compute_cams(model, images, prep, target_layer(model, name), batch_size=2)
+    cams = compute_cams(model, images, prep, layer=target_layer(model, name), batch_size=2)
     assert cams.shape == (3, size, size) and cams.dtype == np.float32
     assert cams.min() >= 0 and cams.max() <= 1
 
@@ -49,7 +49,7 @@ def test_cam_follows_the_evidence():
     model = TopLeft()
     prep = preprocessing_for("test_resnet", 32)
     images = np.full((2, 3, 32, 32), 200, dtype=np.uint8)
-    cam = compute_cams(model, images, prep, model.features, method="hirescam")[0]
+    cam = compute_cams(model, images, prep, layer=model.features, method="hirescam")[0]
     assert cam[:16, :16].sum() > 0.95 * cam.sum()
 
 
@@ -63,10 +63,10 @@ def test_hooks_released_and_no_memory_growth():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096 / 2**20
 
-    compute_cams(model, images, prep, layer)
+    compute_cams(model, images, prep, layer=layer)
     start = rss_mb()
     for _ in range(60):
-        compute_cams(model, images, prep, layer)
+        compute_cams(model, images, prep, layer=layer)
         assert not layer._forward_hooks and not layer._backward_hooks
     assert rss_mb() - start < 40
 

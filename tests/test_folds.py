@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posturescreen.folds import FoldError, assert_disjoint, inner_split, outer_folds
+from posturescreen.study.folds import FoldError, assert_disjoint, inner_split, outer_folds
 
 
 @st.composite
@@ -24,7 +24,7 @@ def cohorts(draw):
 @given(cohorts(), st.integers(2, 4))
 def test_outer_folds_are_disjoint_complete_and_stratified(cohort, k):
     y, groups, seed = cohort
-    fold = outer_folds(y, groups, k, seed)
+    fold = outer_folds(y, groups, n_folds=k, seed=seed)
     assert set(fold) == set(range(k))
     for g in np.unique(groups):
         assert len(set(fold[groups == g])) == 1
@@ -39,7 +39,7 @@ def test_outer_folds_are_disjoint_complete_and_stratified(cohort, k):
 @given(cohorts())
 def test_inner_split_is_subject_disjoint_with_both_classes(cohort):
     y, groups, seed = cohort
-    train, val = inner_split(y, groups, 0.2, seed)
+    train, val = inner_split(y, groups, val_fraction=0.2, seed=seed)
     assert not set(groups[train]) & set(groups[val])
     assert (train | val).all() and not (train & val).any()
     assert set(y[val]) == {0, 1} and set(y[train]) == {0, 1}
@@ -48,34 +48,34 @@ def test_inner_split_is_subject_disjoint_with_both_classes(cohort):
 def test_folds_are_seeded():
     y = np.array([0, 1] * 20)
     g = np.arange(40).astype(str)
-    assert (outer_folds(y, g, 4, 7) == outer_folds(y, g, 4, 7)).all()
-    assert (outer_folds(y, g, 4, 7) != outer_folds(y, g, 4, 8)).any()
+    assert (outer_folds(y, g, n_folds=4, seed=7) == outer_folds(y, g, n_folds=4, seed=7)).all()
+    assert (outer_folds(y, g, n_folds=4, seed=7) != outer_folds(y, g, n_folds=4, seed=8)).any()
 
 
 def test_too_few_subjects_and_one_class_are_errors():
     with pytest.raises(FoldError, match="only 1 subject"):
-        outer_folds(np.array([1, 1, 0, 0, 0, 0, 0]), np.array(list("aabcdef")), 4, 0)
+        outer_folds(np.array([1, 1, 0, 0, 0, 0, 0]), np.array(list("aabcdef")), n_folds=4, seed=0)
     with pytest.raises(FoldError, match="only one class"):
-        outer_folds(np.zeros(10, int), np.arange(10), 4, 0)
+        outer_folds(np.zeros(10, int), np.arange(10), n_folds=4, seed=0)
 
 
 def test_leave_site_out():
     y = np.array([0, 1, 0, 1, 0, 1])
     g = np.array(list("abcdef"))
     sites = np.array(["x", "x", "y", "y", "z", "z"])
-    fold = outer_folds(y, g, 4, 0, "leave_site_out", sites)
+    fold = outer_folds(y, g, n_folds=4, seed=0, scheme="leave_site_out", sites=sites)
     assert list(fold) == [0, 0, 1, 1, 2, 2]
     with pytest.raises(FoldError, match="more than one site"):
         outer_folds(
             y,
             np.array(list("aacdef")),
-            4,
-            0,
-            "leave_site_out",
-            np.array(["x", "y", "y", "y", "z", "z"]),
+            n_folds=4,
+            seed=0,
+            scheme="leave_site_out",
+            sites=np.array(["x", "y", "y", "y", "z", "z"]),
         )
     with pytest.raises(FoldError, match="site column"):
-        outer_folds(y, g, 4, 0, "leave_site_out", None)
+        outer_folds(y, g, n_folds=4, seed=0, scheme="leave_site_out", sites=None)
 
 
 def test_assert_disjoint_catches_leak():

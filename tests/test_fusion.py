@@ -7,16 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from posturescreen.anglemodel import AngleModel, lower_risk_change
-from posturescreen.bundle import BundleError, load_bundle
-from posturescreen.config import ThresholdConfig, load_config
+from posturescreen.config.study import ModelConfig, ThresholdConfig, TrainConfig, load_config
 from posturescreen.data.images import read_image_file
 from posturescreen.data.synthetic import generate_cohort
-from posturescreen.export import export_bundle
-from posturescreen.linearjobs import fit_angle_job, fit_fusion_job
+from posturescreen.models.kinds import FoldInputs, FoldSplit, kind_of
+from posturescreen.models.linear import AngleModel, lower_risk_change
 from posturescreen.pipeline import run_study
-from posturescreen.predict import predict_image
-from posturescreen.splits import FoldSplit
+from posturescreen.screening.bundle import BundleError, load_bundle
+from posturescreen.screening.export import export_bundle
+from posturescreen.screening.predict import predict_image
 
 
 def _fold(rng, n=90):
@@ -44,22 +43,34 @@ def _cnn_dir(tmp_path, cohort, split, test_prob):
     return d
 
 
+def _fit(kind: str, angles, split, cohort, cnn_dir=None):
+    """One fold of an angle or fusion model, its CNN's scores read from `cnn_dir`."""
+    def scores(model, which, idx):
+        name = "val_predictions.csv" if which == "val" else "predictions.csv"
+        table = pd.read_csv(cnn_dir / name).set_index("row")["prob"]
+        return table.loc[cohort.loc[idx, "row"].to_numpy()].to_numpy(dtype=float)
+
+    model = ModelConfig(name=kind, kind=kind, cnn="cnn" if kind == "fusion" else None)
+    return kind_of(kind).fit(FoldInputs(
+        split=split, groups=cohort["subject_id"], model=model, train=TrainConfig(),
+        threshold=ThresholdConfig(), seed=0, angles=angles, scores=scores))
+
+
 def test_angle_and_fusion_fits_ignore_everything_about_the_test_fold(tmp_path):
     rng = np.random.default_rng(0)
     cohort, angles, split = _fold(rng)
-    rule = ThresholdConfig()
     cnn = _cnn_dir(tmp_path, cohort, split, rng.random(30))
-    a1 = fit_angle_job(angles, split, 1.0, rule, cohort, "subject_id")
-    f1 = fit_fusion_job(angles, split, 1.0, rule, cnn, cohort, "subject_id")
+    a1 = _fit("angles", angles, split, cohort)
+    f1 = _fit("fusion", angles, split, cohort, cnn)
     # scramble every test-fold value: angles, labels and the CNN's test scores
     angles2 = angles.copy()
     angles2.loc[split.test] = rng.normal(0, 50, (len(split.test), angles.shape[1]))
     split2 = FoldSplit(split.train, split.val, split.test, split.y_train, split.y_val,
                        1 - split.y_test)
     cnn2 = _cnn_dir(tmp_path, cohort, split, rng.random(30))
-    a2 = fit_angle_job(angles2, split2, 1.0, rule, cohort, "subject_id")
-    f2 = fit_fusion_job(angles2, split2, 1.0, rule, cnn2, cohort, "subject_id")
-    assert a1.model_json == a2.model_json and f1.model_json == f2.model_json
+    a2 = _fit("angles", angles2, split2, cohort)
+    f2 = _fit("fusion", angles2, split2, cohort, cnn2)
+    assert a1.linear_model == a2.linear_model and f1.linear_model == f2.linear_model
     assert a1.info["threshold"] == a2.info["threshold"]
     assert np.array_equal(a1.val_prob, a2.val_prob)
     assert not set(a1.val_idx) & set(split.test)  # fitted on training photos only
@@ -90,59 +101,62 @@ def test_lower_risk_change_moves_one_angle_within_the_training_range():
 
 
 @pytest.fixture(scope="module")
-def estimator_study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fusion")
-    manifest = generate_cohort(root / "c", n_subjects=32, seed=6, size=160)
-    cfg = load_config(None, [
-        f"data.manifest={manifest}", "pose.landmarks=estimator",
-        "models=[{name: test_resnet, pretrained: none, image_size: 48},"
-        " {name: angles, kind: angles}, {name: fused, kind: fusion, cnn: test_resnet}]",
-        "tasks=[{name: CH, positive: 'ch == 1'}]", "cv.folds=2", "train.epochs=2",
-        "train.batch_size=8", "metrics.bootstrap=50", "report=false"])
-    run_study(cfg, root / "run")
-    return root, manifest
+def estimator_study(screening_study, tmp_path_factory):
+    """(folder for bundles, manifest, run folder) of the shared screening study."""
+    root, manifest = screening_study
+    return tmp_path_factory.mktemp("fusion"), manifest, root / "run"
 
 
 @pytest.mark.parametrize("model", ["angles", "fused"])
 def test_angle_and_fusion_bundles_reproduce_the_study(estimator_study, model):
-    root, manifest = estimator_study
-    bundle = load_bundle(export_bundle(root / "run", "CH", model, root / f"b_{model}.zip"))
+    out, manifest, run = estimator_study
+    bundle = load_bundle(export_bundle(run, task="CH", model=model, out=out / f"b_{model}.zip"))
     meta = json.loads(bundle.metadata.model_dump_json())
     assert meta["kind"] == ("angles" if model == "angles" else "fusion")
     assert meta["pose"]["landmark_source"] == "estimator"
-    preds = pd.read_csv(root / "run" / "predictions.csv")
+    preds = pd.read_csv(run / "predictions.csv")
     preds = preds[preds.model == model]
     for k in (0, 1):
         single = bundle.only_fold(k)
         for r in preds[preds.fold == k].head(3).itertuples():
-            img, full, _ = read_image_file(manifest.parent / r.image,
-                                           draft_size=bundle.decode_size)
+            img, full, _ = read_image_file(manifest.parent / r.image, draft_size=bundle.decode_size)
             pred = predict_image(single, img, full)
             assert pred.probability == pytest.approx(r.prob, abs=1e-6)
-            if pred.lower_risk is not None:
-                assert pred.lower_risk_probability < pred.probability
+            # with several angles in the model, one of them can always move within its
+            # training range towards lower risk
+            assert pred.lower_risk is not None
+            assert pred.lower_risk_probability < pred.probability
             assert pred.cam_overlay is not None and pred.cam_overlay.ndim == 3
 
 
 def test_angles_from_the_manifest_cannot_be_exported(tmp_path):
     manifest = generate_cohort(tmp_path / "c", n_subjects=32, seed=2, size=96)
-    cfg = load_config(None, [
-        f"data.manifest={manifest}", "models=[{name: angles, kind: angles}]",
-        "tasks=[{name: CH, positive: 'ch == 1'}]", "cv.folds=2", "metrics.bootstrap=50",
-        "report=false", "pose.crop=false", "privacy.blur_faces=false"])
+    cfg = load_config(
+        None,
+        [
+            f"data.manifest={manifest}",
+            "models=[{name: angles, kind: angles}]",
+            "tasks=[{name: CH, positive: 'ch == 1'}]",
+            "cv.folds=2",
+            "metrics.bootstrap=50",
+            "report=false",
+            "pose.crop=false",
+            "privacy.blur_faces=false",
+        ],
+    )
     run_study(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "pose.csv").exists()  # no estimator was needed
     with pytest.raises(BundleError, match="pose.landmarks=estimator"):
-        export_bundle(tmp_path / "run", "CH", "angles", tmp_path / "b")
+        export_bundle(tmp_path / "run", task="CH", model="angles", out=tmp_path / "b")
 
 
 def test_web_api_reports_angles_and_the_change_that_lowers_the_risk(estimator_study):
     from fastapi.testclient import TestClient
 
-    from posturescreen.web.app import create_app
+    from posturescreen.screening.web.app import create_app
 
-    root, manifest = estimator_study
-    bundle = load_bundle(export_bundle(root / "run", "CH", "angles", root / "b_web"))
+    out, manifest, run = estimator_study
+    bundle = load_bundle(export_bundle(run, task="CH", model="angles", out=out / "b_web"))
     client = TestClient(create_app([bundle]), base_url="http://127.0.0.1")
     photo = next((manifest.parent / "images").glob("*.jpg")).read_bytes()
     r = client.post("/api/predict", content=photo, headers={"content-type": "image/jpeg"})
@@ -150,7 +164,7 @@ def test_web_api_reports_angles_and_the_change_that_lowers_the_risk(estimator_st
     result = r.json()["results"][0]
     assert result["kind"] == "angles" and result["person_found"] is True
     assert "ear_shoulder_angle" in result["angles"]
-    if result["lower_risk"] is not None:
-        assert result["lower_risk_probability"] < result["probability"]
+    assert result["lower_risk"] is not None
+    assert result["lower_risk_probability"] < result["probability"]
     models = client.get("/api/models").json()
     assert models[0]["sensitivity"] is not None

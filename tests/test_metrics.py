@@ -11,8 +11,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from posturescreen.bootstrap import METRICS, resample_weights, weighted_metrics
-from posturescreen.metrics import (
+from posturescreen.stats.metrics import (
     auc_score,
     binary_metrics,
     bootstrap_ci,
@@ -20,6 +19,7 @@ from posturescreen.metrics import (
     t_interval,
     youden_threshold,
 )
+from posturescreen.stats.resampling import METRICS, resample_weights, weighted_metrics
 
 
 def test_binary_metrics_match_sklearn():
@@ -90,7 +90,7 @@ def test_bootstrap_contains_estimate_and_narrows_with_n():
     widths = []
     for n in (40, 400):
         y, p, d, g = _cohort(n, rng)
-        ci = bootstrap_ci(y, p, d, g, n_resamples=400, seed=3)
+        ci = bootstrap_ci(y, p, d, groups=g, n_resamples=400, seed=3)
         est = binary_metrics(y, p, d)
         for name, (lo, hi) in ci.items():
             assert lo <= est[name] <= hi, name
@@ -101,11 +101,13 @@ def test_bootstrap_contains_estimate_and_narrows_with_n():
 def test_bootstrap_is_seeded_and_resamples_subjects():
     rng = np.random.default_rng(5)
     y, p, d, g = _cohort(30, rng)
-    assert bootstrap_ci(y, p, d, g, 100, seed=1) == bootstrap_ci(y, p, d, g, 100, seed=1)
+    assert bootstrap_ci(y, p, d, groups=g, n_resamples=100, seed=1) == bootstrap_ci(
+        y, p, d, groups=g, n_resamples=100, seed=1
+    )
     # a worker's two photos are not independent evidence: photo-level resampling would
     # pretend they are and give a narrower interval
-    ci_subject = bootstrap_ci(y, p, d, g, 500, seed=1)["AUC"]
-    ci_photo = bootstrap_ci(y, p, d, np.arange(len(y)), 500, seed=1)["AUC"]
+    ci_subject = bootstrap_ci(y, p, d, groups=g, n_resamples=500, seed=1)["AUC"]
+    ci_photo = bootstrap_ci(y, p, d, groups=np.arange(len(y)), n_resamples=500, seed=1)["AUC"]
     assert ci_subject[1] - ci_subject[0] > ci_photo[1] - ci_photo[0]
 
 
@@ -113,7 +115,7 @@ def test_bootstrap_single_class_resamples_warn():
     y = np.array([1, 0, 0, 0, 0, 0])
     p = np.linspace(0, 1, 6)
     with pytest.warns(UserWarning, match="single class"):
-        ci = bootstrap_ci(y, p, (p > 0.5).astype(int), np.arange(6), 200, seed=0)
+        ci = bootstrap_ci(y, p, (p > 0.5).astype(int), groups=np.arange(6), n_resamples=200, seed=0)
     assert all(np.isfinite(ci["ACC"]))
 
 
@@ -133,8 +135,9 @@ def test_youden_threshold_is_the_midpoint_of_the_optimal_interval():
     assert youden_threshold(y, p) == pytest.approx(0.575)
     assert ((p >= youden_threshold(y, p)) == (p >= 0.8)).all()
     # perfect separation: anywhere in (0.2, 0.7]; the midpoint favours neither class
-    assert youden_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.7, 0.9])) == \
-        pytest.approx(0.45)
+    assert youden_threshold(
+        np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.7, 0.9])
+    ) == pytest.approx(0.45)
     with pytest.warns(UserWarning, match="one class"):
         assert youden_threshold(np.ones(3), np.array([0.2, 0.5, 0.9])) == 0.5
 
@@ -143,7 +146,7 @@ def test_vectorised_bootstrap_equals_a_loop_over_resamples():
     rng = np.random.default_rng(2)
     y, p, d, g = _cohort(60, rng)
     W = resample_weights(g, 50, seed=9)
-    fast = weighted_metrics(y, p, d, W)
+    fast = weighted_metrics(y, p, d, W=W)
     codes = pd.factorize(g)[0]
     for b in range(50):
         idx = np.repeat(np.arange(len(y)), W[b].astype(int))

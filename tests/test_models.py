@@ -3,8 +3,8 @@ import time
 import pytest
 import torch
 
-from posturescreen import models
-from posturescreen.models import (
+from posturescreen.models import cnn as models
+from posturescreen.models.cnn import (
     UnknownModelError,
     WeightsUnavailableError,
     build_model,

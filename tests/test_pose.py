@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_OVERRIDES
-from posturescreen.config import load_config
+from posturescreen.config.study import load_config
+from posturescreen.data.deid import blur_chw, blur_face, face_in_frame
 from posturescreen.data.images import Frame, crop_region
 from posturescreen.data.synthetic import generate_cohort
-from posturescreen.deid import blur_chw, blur_face, face_in_frame
 from posturescreen.pipeline import run_study
-from posturescreen.pose import PoseEstimator
+from posturescreen.posture.estimator import PoseEstimator
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,7 @@ def cohort(tmp_path_factory):
                            size=256)
 
 
+@pytest.mark.pose
 def test_estimator_finds_the_worker_and_the_side_facing_the_camera(cohort):
     table = pd.read_csv(cohort)
     found, ear_error = 0, []
@@ -67,6 +68,7 @@ def test_blur_changes_the_face_and_nothing_far_from_it():
     assert face_in_frame((10, 10, 20, 20), Frame((0, 0, 100, 100), 50)) == (5, 5, 10, 10)
 
 
+@pytest.mark.pose
 def test_photos_without_a_person_are_listed_and_kept(tiny_manifest, tmp_path):
     # the tiny cohort's photos are noise: no person anywhere
     cfg = load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}",
@@ -79,13 +81,14 @@ def test_photos_without_a_person_are_listed_and_kept(tiny_manifest, tmp_path):
     cohort = pd.read_csv(tmp_path / "run" / "cohort.csv")
     assert sorted(listed["row"]) == sorted(cohort["row"])  # every photo listed, none dropped
     cnn_only = load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}",
-                                  "tasks=[{name: CH, positive: 'ch == 1'}]"])
+                                  "tasks=[{name: CH, positive: 'ch == 1'}]", "pose.crop=true"])
     metrics = run_study(cnn_only, tmp_path / "cnn")
     assert metrics is not None  # the CNN trains on the whole scenes
     preds = pd.read_csv(tmp_path / "cnn" / "predictions.csv")
     assert len(preds) == cohort["label_CH"].notna().sum()  # every photo of the task
 
 
+@pytest.mark.pose
 def test_agreement_command_on_generated_landmarks(cohort, tmp_path):
     from typer.testing import CliRunner
 

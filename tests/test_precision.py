@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from posturescreen import precision as P
-from posturescreen.precision import (
+from posturescreen.models import precision as P
+from posturescreen.models.precision import (
     autocast_for,
     cpu_flags,
     keep_slow_bf16_layers_fp32,

@@ -18,29 +18,21 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from posturescreen.bundle import BundleError, load_bundle
 from posturescreen.cli import app as cli
-from posturescreen.config import load_config
 from posturescreen.data.images import read_image_file
-from posturescreen.data.synthetic import generate_cohort
-from posturescreen.export import export_bundle
-from posturescreen.pipeline import run_study
-from posturescreen.predict import predict_image
 from posturescreen.runfolder import load_run
-from posturescreen.web.app import create_app
+from posturescreen.screening.bundle import BundleError, load_bundle
+from posturescreen.screening.export import export_bundle
+from posturescreen.screening.predict import predict_image
+from posturescreen.screening.web.app import create_app
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("web")
-    manifest = generate_cohort(root / "cohort", n_subjects=24, seed=5, size=96)
-    cfg = load_config(None, [
-        f"data.manifest={manifest}", "models=[{name: test_resnet, pretrained: none, "
-        "image_size: 64}]", "tasks=[{name: CH, positive: 'ch == 1'}]", "cv.folds=2",
-        "train.epochs=2", "train.batch_size=8", "metrics.bootstrap=50"])
-    run_study(cfg, root / "run")
-    bundle = export_bundle(root / "run", "CH", "test_resnet", root / "bundle")
-    return root, manifest, bundle
+def study(screening_study, tmp_path_factory):
+    """(root, manifest, the CNN's bundle folder) of the shared screening study."""
+    root, manifest = screening_study
+    out = tmp_path_factory.mktemp("web") / "bundle"
+    return root, manifest, export_bundle(root / "run", task="CH", model="test_resnet", out=out)
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +49,12 @@ def test_bundle_metadata_and_zip(study, tmp_path):
     assert meta["threshold"]["rule"] == "youden" and "inner validation" in meta["threshold"]["how"]
     assert len(meta["folds"]) == 2 and all(len(f["sha256"]) == 64 for f in meta["folds"])
     assert {m["metric"] for m in meta["metrics"]} >= {"AUC", "Sen", "Spe"}
-    zipped = export_bundle(root / "run", "CH", "test_resnet", tmp_path / "b.zip")
+    zipped = export_bundle(root / "run", task="CH", model="test_resnet", out=tmp_path / "b.zip")
     assert load_bundle(zipped).threshold == pytest.approx(meta["threshold"]["value"])
     with pytest.raises(BundleError, match="already exists"):
-        export_bundle(root / "run", "CH", "test_resnet", folder)
+        export_bundle(root / "run", task="CH", model="test_resnet", out=folder)
     with pytest.raises(BundleError, match="task 'XX'"):
-        export_bundle(root / "run", "XX", "test_resnet", tmp_path / "x")
+        export_bundle(root / "run", task="XX", model="test_resnet", out=tmp_path / "x")
     tampered = tmp_path / "tampered"
     shutil.copytree(folder, tampered)
     (tampered / "fold0.safetensors").write_bytes(b"not weights")
@@ -90,6 +82,7 @@ def test_fold_models_reproduce_the_out_of_fold_predictions(study, bundle):
     root, manifest, _ = study
     cfg, _ = load_run(root / "run")
     preds = pd.read_csv(root / "run" / "predictions.csv")
+    preds = preds[preds.model == "test_resnet"]
     for k in range(len(bundle.models)):
         sub = preds[preds["fold"] == k].head(5)
         single = bundle.only_fold(k)
@@ -111,7 +104,7 @@ def test_predict_cli_folder_csv_and_json(study, tmp_path):
         shutil.copy(src, photos / src.name)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["predict", str(photos), "--model", str(folder),
+    result = CliRunner().invoke(cli, ["predict", str(photos), "--bundle", str(folder),
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "predictions.csv")
@@ -124,7 +117,7 @@ def test_predict_cli_folder_csv_and_json(study, tmp_path):
     assert all(Path(p).is_file() for p in ok["cam_overlay"])
     assert "broken.jpg" in table.loc[table["error"] != "", "error"].iloc[0]
     one = str(next(photos.glob("W*.jpg")))
-    js = CliRunner().invoke(cli, ["predict", one, "--model", str(folder), "--out",
+    js = CliRunner().invoke(cli, ["predict", one, "--bundle", str(folder), "--out",
                                   str(tmp_path / "js"), "--format", "json", "--no-cam"])
     assert js.exit_code == 0, js.output
     records = json.loads((tmp_path / "js" / "predictions.json").read_text())

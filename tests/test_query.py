@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from posturescreen.cli import app
-from posturescreen.config import ConfigError, load_config
-from posturescreen.query import QueryError, evaluate, parse_query
+from posturescreen.config.query import QueryError, evaluate, parse_query
+from posturescreen.config.study import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_OVERRIDES
-from posturescreen.config import load_config
-from posturescreen.metrics import format_estimate
+from posturescreen.config.study import load_config
 from posturescreen.pipeline import run_study
+from posturescreen.stats.metrics import format_estimate
 
 SECTIONS = ("header", "data", "methods", "results", "roc", "confusion", "calibration",
             "comparisons", "sensitivity", "posture", "cams", "limitations", "checklist")
@@ -20,7 +20,7 @@ def reported(tmp_path_factory, tiny_manifest):
     cfg = load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}",
                              "models=[{name: test_resnet, pretrained: none, image_size: 32}, "
                              "{name: test_efficientnet, pretrained: none, image_size: 32}]",
-                             "cams.run=true", "cams.overlays=false"])
+                             "cams.run=true", "cams.overlays=false", "report=true"])
     run_dir = tmp_path_factory.mktemp("report") / "run"
     run_study(cfg, run_dir)  # writes the report at the end by default
     return run_dir

@@ -8,11 +8,11 @@ from typer.testing import CliRunner
 
 from conftest import TINY_OVERRIDES, make_cohort
 from posturescreen.cli import app
-from posturescreen.config import ConfigError, load_config
+from posturescreen.config.study import ConfigError, load_config
 from posturescreen.data.manifest import ManifestError
 from posturescreen.pipeline import run_study
 from posturescreen.runfolder import RunFolderConflict
-from posturescreen.tasks import all_task_labels, class_counts
+from posturescreen.study.tasks import all_task_labels, class_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -217,7 +217,7 @@ def test_paper_config_starts_offline_with_pretrained_none(tiny_manifest, tmp_pat
 def test_sensitivity_analysis_runs_in_its_own_folder_and_is_reported(tiny_manifest, tmp_path):
     cfg = load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}",
                              "tasks=[{name: CH, positive: 'ch == 1'}]",
-                             "sensitivity=[negatives=rest]"])
+                             "sensitivity=[negatives=rest]", "report=true"])
     run_study(cfg, tmp_path / "run")
     variant = tmp_path / "run" / "sensitivity" / "negatives_rest"
     main_counts = pd.read_csv(tmp_path / "run" / "class_counts.csv")

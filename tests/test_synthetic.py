@@ -11,8 +11,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from posturescreen.body import REGION_IDS
 from posturescreen.data import synthetic as S
+from posturescreen.data.body import REGION_IDS
 from posturescreen.data.manifest import load_manifest
 
 
@@ -110,12 +110,12 @@ def test_masks_cover_the_figure():
     camera = S.camera_for_photo(site, np.random.default_rng(0))
     camera["blur"] = 0.0
     posture = dict(worker.posture)
-    img_a, mask, _ = S.render_photo(worker, posture, camera, site, 256,
-                                    np.random.default_rng(1))
+    img_a, mask, _ = S.render_photo(worker, posture, camera, site=site, size=256,
+                                    rng=np.random.default_rng(1))
     other = replace(worker, skin=(255, 0, 255), hair=(0, 255, 0), shirt=(0, 0, 255),
                     trousers=(255, 255, 0))
-    img_b, mask_b, _ = S.render_photo(other, posture, camera, site, 256,
-                                      np.random.default_rng(1))
+    img_b, mask_b, _ = S.render_photo(other, posture, camera, site=site, size=256,
+                                      rng=np.random.default_rng(1))
     assert np.array_equal(np.asarray(mask), np.asarray(mask_b))
     changed = np.abs(np.asarray(img_a, int) - np.asarray(img_b, int)).max(axis=2) > 40
     figure = ndimage.binary_dilation(np.asarray(mask) > 0, iterations=2)

@@ -2,9 +2,9 @@ import numpy as np
 import torch
 from kornia import augmentation as K
 
-from posturescreen.config import AugmentConfig, ThresholdConfig, TrainConfig
-from posturescreen.models import build_model, preprocessing_for
-from posturescreen.training import (
+from posturescreen.config.study import AugmentConfig, ThresholdConfig, TrainConfig
+from posturescreen.models.cnn import build_model, preprocessing_for
+from posturescreen.models.training import (
     FoldData,
     build_augmentation,
     train_fold,
@@ -34,7 +34,7 @@ def _train(pretrained: bool, freeze="auto", seed=1):
     cfg = TrainConfig(epochs=2, batch_size=8, threads=1, freeze_batchnorm=freeze)
     prep = preprocessing_for("test_efficientnet", 32)
     before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
-    result = train_fold(model, prep, _fold_data(), cfg, ThresholdConfig(), seed,
+    result = train_fold(model, prep, _fold_data(), cfg=cfg, threshold=ThresholdConfig(), seed=seed,
                         pretrained=pretrained)
     after = {k: result.state_dict[k] for k in before}
     return result, before, after
@@ -69,7 +69,7 @@ def test_compiled_training_keeps_plain_state_dict():
     cfg = TrainConfig(epochs=1, batch_size=8, threads=2, compile=True)
     prep = preprocessing_for("test_resnet", 32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = train_fold(model, prep, _fold_data(), cfg, ThresholdConfig(), 3)
+    result = train_fold(model, prep, _fold_data(), cfg=cfg, threshold=ThresholdConfig(), seed=3)
     assert set(result.state_dict) == set(before)  # no `_orig_mod.` prefixes
     assert any(not torch.equal(before[k], result.state_dict[k]) for k in before)
     assert np.isfinite(result.test_prob).all()

@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 from PIL import EpsImagePlugin, Image
 from typer.testing import CliRunner
 
-from posturescreen.bundle import load_bundle
 from posturescreen.cli import app
-from posturescreen.web.app import create_app
-from posturescreen.web.hosts import allowed_hosts
+from posturescreen.screening.bundle import load_bundle
+from posturescreen.screening.web.app import create_app
+from posturescreen.screening.web.hosts import allowed_hosts
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_serve_allow_host_option():
         "127.0.0.1", "localhost", "[::1]", "192.168.1.20", "screening.lan", "[fe80::1]"]
     assert "*" in allowed_hosts("0.0.0.0", ["*"])
     for bad in (["a*b"], ["exa mple"], ["--port=1"]):
-        result = CliRunner().invoke(app, ["serve", "--model", "nowhere", "--allow-host",
+        result = CliRunner().invoke(app, ["serve", "--bundle", "nowhere", "--allow-host",
                                           bad[0]])
         assert result.exit_code == 2 and "--allow-host" in result.output
 
@@ -133,7 +133,7 @@ def test_a_dropped_upload_is_one_log_line(bundle, caplog):
     with caplog.at_level(logging.INFO):
         asyncio.run(_call(asgi, [{"type": "http.request", "body": b"\xff\xd8" * 10,
                                   "more_body": True}, {"type": "http.disconnect"}]))
-    mine = [r for r in caplog.records if r.name == "posturescreen.web"]
+    mine = [r for r in caplog.records if r.name == "posturescreen.screening.web"]
     assert [r.getMessage() for r in mine] == ["upload dropped by the client after 20 bytes"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from posturescreen.config import StudyConfig, load_config
+from posturescreen.config.study import StudyConfig, load_config
 from posturescreen.data.synthetic import generate_cohort, paper_photo_count
 from posturescreen.progress import progress_bar
 
@@ -38,7 +38,7 @@ def cache_dir() -> Path:
 
 def demo_cohort(
     subjects: int = DEMO_SUBJECTS,
-    seed: int = 0,
+    *, seed: int = 0,
     size: int = DEMO_IMAGE_SIZE,
     console: Console | None = None,
 ) -> Path:
@@ -52,7 +52,12 @@ def demo_cohort(
     with progress_bar(console or Console(stderr=True)) as progress:
         bar = progress.add_task(f"generating {n_photos} synthetic photos", total=n_photos)
         generate_cohort(
-            tmp, subjects, seed, size, n_photos, progress=lambda n: progress.advance(bar, n)
+            tmp,
+            subjects,
+            seed,
+            size=size,
+            n_photos=n_photos,
+            progress=lambda n: progress.advance(bar, n),
         )
     if folder.exists():  # another process finished first
         return manifest

@@ -11,21 +11,21 @@ import pandas as pd
 from rich.console import Console
 
 from posturescreen import runfolder as rf
-from posturescreen.cohort import prepare_study
-from posturescreen.config import StudyConfig
-from posturescreen.executors import Executor, JobsFailedError, LocalExecutor, job_waves
+from posturescreen.config.study import StudyConfig
 from posturescreen.explain import explain_run
-from posturescreen.jobs import train_job, wave_of, write_job
-from posturescreen.precision import training_precision
+from posturescreen.models.precision import training_precision
+from posturescreen.models.training import resolve_device
 from posturescreen.report import build_report
-from posturescreen.results import collect_predictions, write_results
-from posturescreen.training import resolve_device
+from posturescreen.study.executors import Executor, JobsFailedError, LocalExecutor, job_waves
+from posturescreen.study.jobs import train_job, wave_of, write_job
+from posturescreen.study.prepare import prepare_study
+from posturescreen.study.results import collect_predictions, write_results
 
 
 def run_study(
     cfg: StudyConfig,
     run_dir: Path,
-    executor: Executor | None = None,
+    *, executor: Executor | None = None,
     console: Console | None = None,
     max_jobs: int | None = None,
 ) -> pd.DataFrame | None:
@@ -58,15 +58,14 @@ def run_study(
     if not all(j.is_done(ctx.run_dir) for j in jobs):
         return None
     predictions = collect_predictions(ctx.run_dir, jobs, cfg.data.subject_column)
-    val = collect_predictions(ctx.run_dir, jobs, cfg.data.subject_column, rf.VAL_PREDICTIONS)
-    metrics = write_results(cfg, ctx.run_dir, predictions, val)
+    val = collect_predictions(ctx.run_dir, jobs, cfg.data.subject_column, name=rf.VAL_PREDICTIONS)
+    metrics = write_results(cfg, ctx.run_dir, predictions=predictions, val_predictions=val)
     for override in cfg.sensitivity:  # the same data, one setting changed, its own folder
         console.print(f"sensitivity analysis: {override}")
         run_study(cfg.variant(override), rf.sensitivity_dir(ctx.run_dir, override),
-                  executor, console)
+                  executor=executor, console=console)
     if cfg.cams.run:
-        explain_run(ctx.run_dir, method=cfg.cams.method, write_overlays=cfg.cams.overlays,
-                    console=console)
+        explain_run(ctx.run_dir, console=console)  # as the config says
     if cfg.report:
         console.print(f"report: {build_report(ctx.run_dir).resolve()}")
     return metrics

@@ -41,7 +41,7 @@ import yaml
 from pydantic import ValidationError
 
 from posturescreen import __version__
-from posturescreen.config import StudyConfig
+from posturescreen.config.study import StudyConfig
 from posturescreen.errors import PostureScreenError
 
 CONFIG = "config.yaml"

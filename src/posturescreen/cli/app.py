@@ -4,12 +4,15 @@ place where a user-facing error becomes a message and exit code 2."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
+from typing import Annotated
 
 import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from posturescreen.config import StudyConfig, load_config
 from posturescreen.errors import PostureScreenError
 
 console = Console()
@@ -32,6 +35,32 @@ class _Commands(TyperGroup):
             return super().invoke(ctx)
         except PostureScreenError as e:
             fail(str(e))
+
+
+# the options every command that reads a study config shares
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="study YAML")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="override a config value, e.g. --set train.epochs=5 (repeat for several)")]
+# a bundle is named --bundle everywhere; --model names a model of a study
+BundleOption = Annotated[list[Path] | None, typer.Option(
+    "--bundle", "-b", help="an exported bundle, folder or .zip (repeat for several)")]
+OldModelOption = Annotated[list[Path] | None, typer.Option("--model", hidden=True)]
+
+
+def study_config(config: Path | None, sets: list[str] | None) -> StudyConfig:
+    """The config a command follows: defaults < the file < --set overrides."""
+    return load_config(config, list(sets or []))
+
+
+def bundle_paths(bundles: list[Path] | None, old_model: list[Path] | None) -> list[Path]:
+    """The --bundle paths; `--model BUNDLE` (its old name) is refused with the new one: a
+    model is a study's, a bundle its export."""
+    if old_model:
+        fail("--model names a model of a study; give bundles with --bundle "
+             f"(e.g. --bundle {old_model[0]})")
+    if not bundles:
+        fail("give at least one bundle with --bundle (from `posturescreen export`)")
+    return list(bundles)
 
 
 app = typer.Typer(

@@ -3,63 +3,87 @@
 from __future__ import annotations
 
 import copy
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from posturescreen.bundle import load_bundle
-from posturescreen.cli.app import app, console, err_console, fail
-from posturescreen.export import export_bundle
-from posturescreen.predict import collect_photos, predict_files, write_predictions
+from posturescreen.cli.app import (
+    BundleOption,
+    OldModelOption,
+    app,
+    bundle_paths,
+    console,
+    err_console,
+    fail,
+)
 from posturescreen.progress import progress_bar
-from posturescreen.web.app import create_app
-from posturescreen.web.hosts import allowed_hosts
+from posturescreen.screening.bundle import load_bundle
+from posturescreen.screening.export import export_bundle
+from posturescreen.screening.predict import collect_photos, predict_files, write_predictions
+from posturescreen.screening.web.app import create_app
+from posturescreen.screening.web.hosts import allowed_hosts
 
 
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a finished study's run folder")],
-    task: Annotated[str, typer.Option("--task", help="task name, e.g. CH")],
+    *, task: Annotated[str, typer.Option("--task", help="task name, e.g. CH")],
     model: Annotated[str, typer.Option("--model", help="model name, e.g. resnet50")],
     out: Annotated[Path, typer.Option("--out", help="bundle folder, or a path ending .zip")],
 ) -> None:
     """Pack one task × model's fold models (safetensors) with metadata.json into a bundle."""
-    path = export_bundle(run_dir, task, model, out)
+    path = export_bundle(run_dir, task=task, model=model, out=out)
     console.print(f"bundle: {path.resolve()}")
+
+
+class OutputFormat(StrEnum):
+    csv = "csv"
+    json = "json"
 
 
 @app.command()
 def predict(
     photos: Annotated[list[Path], typer.Argument(help="photos and/or folders of photos")],
-    model: Annotated[list[Path], typer.Option("--model", help="bundle (repeat for several)")],
+    *,
+    bundle: BundleOption = None,
     out: Annotated[Path, typer.Option("--out", help="folder for predictions and overlays")
                    ] = Path("predictions"),
-    fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="the predictions table's "
+                                              "format")] = OutputFormat.csv,
     cam: Annotated[bool, typer.Option(help="write a CAM overlay per photo and task")] = True,
     blur_faces: Annotated[bool, typer.Option(
         help="blur faces in the overlays (--no-blur-faces for internal use)")] = True,
+    old_model: OldModelOption = None,
 ) -> None:
     """Probability per photo and task (mean of the fold models, with their range), the
     decision at the bundle's threshold, and a CAM overlay."""
-    if fmt not in ("csv", "json"):
-        fail(f"--format must be csv or json, got {fmt!r}")
-    bundles = [load_bundle(m) for m in model]
+    bundles = [load_bundle(b) for b in bundle_paths(bundle, old_model)]
     files = collect_photos(photos)
     if not files:
         fail("no photos found in " + ", ".join(str(p) for p in photos))
     with progress_bar(err_console, disable=len(files) < 2) as progress:
         bar = progress.add_task("predicting", total=len(files))
-        table = predict_files(files, bundles, out / "overlays" if cam else None, cam,
-                              lambda n: progress.advance(bar, n), blur_faces)
-    target = write_predictions(table, out, fmt)
+        table = predict_files(
+            files,
+            bundles,
+            out_dir=out / "overlays" if cam else None,
+            with_cam=cam,
+            progress=lambda n: progress.advance(bar, n),
+            blur_faces=blur_faces,
+        )
+    target = write_predictions(table, out, fmt.value)
     ok = table[table["error"] == ""] if "error" in table else table
     for r in ok.itertuples():
-        console.print(f"{Path(r.photo).name}  {r.task}/{r.model}: p={r.probability:.3f} "
-                      f"(folds {r.fold_min:.3f}–{r.fold_max:.3f}) → {r.decision}")
+        console.print(
+            f"{Path(r.photo).name}  {r.task}/{r.model}: p={r.probability:.3f} "
+            f"(folds {r.fold_min:.3f}–{r.fold_max:.3f}) → {r.decision}"
+        )
         if isinstance(r.lower_risk, str) and r.lower_risk:
-            console.print(f"    what would lower the risk (a model property, not advice): "
-                          f"{r.lower_risk}")
+            console.print(
+                f"    what would lower the risk (a model property, not advice): {r.lower_risk}"
+            )
     for r in table[table["error"] != ""].itertuples():
         err_console.print(f"[red]skipped[/red] {r.error}", highlight=False)
     console.print(f"written: {target.resolve()}")
@@ -67,34 +91,60 @@ def predict(
 
 @app.command()
 def serve(
-    model: Annotated[list[Path], typer.Option("--model", help="bundle (repeat for several)")],
-    host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean it")
-                    ] = "127.0.0.1",
+    *,
+    bundle: BundleOption = None,
+    host: Annotated[
+        str, typer.Option(help="address to bind; loopback unless you mean it")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port", min=0, max=65535)] = 8000,
-    max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload")] = 20.0,
-    allow_host: Annotated[list[str] | None, typer.Option(
-        "--allow-host", help="a host name clients use to reach the server (repeat; loopback "
-                             "names are always allowed; '*' allows any)")] = None,
+    max_upload_mb: Annotated[float, typer.Option(
+        help="largest accepted upload, in MB", min=0.01, max=1024)] = 20.0,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="a host name clients use to reach the server (repeat; loopback "
+            "names are always allowed; '*' allows any)",
+        ),
+    ] = None,
     upload_timeout: Annotated[float, typer.Option(
-        help="seconds a client may take to send a photo")] = 30.0,
-    blur_faces: Annotated[bool, typer.Option(
-        help="blur faces in the pictures the page returns (--no-blur-faces: internal use)")
+        help="seconds a client may take to send a photo", min=0.1, max=3600)] = 30.0,
+    blur_faces: Annotated[
+        bool,
+        typer.Option(
+            help="blur faces in the pictures the page returns (--no-blur-faces: internal use)"
+        ),
     ] = True,
+    old_model: OldModelOption = None,
 ) -> None:
     """A local web page (and JSON API, described at /openapi.json) to screen one photo at a
     time. Uploads stay in memory and are never written to disk."""
-    if not 0 < max_upload_mb <= 1024 or not 0 < upload_timeout <= 3600:
-        fail("--max-upload-mb must be in (0, 1024] and --upload-timeout in (0, 3600] seconds")
+    paths = bundle_paths(bundle, old_model)
     hosts = allowed_hosts(host, allow_host or [])
-    bundles = [load_bundle(m) for m in model]
+    bundles = [load_bundle(b) for b in paths]
     if host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(f"[yellow]serving on {host}: reachable from other machines; "
-                          f"accepted Host names: {', '.join(hosts)}[/yellow]")
+        err_console.print(
+            f"[yellow]serving on {host}: reachable from other machines; "
+            f"accepted Host names: {', '.join(hosts)}[/yellow]"
+        )
     import uvicorn  # the server only when serving
 
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    log_config["loggers"]["posturescreen"] = {"handlers": ["default"], "level": "INFO",
-                                              "propagate": False}
-    uvicorn.run(create_app(bundles, int(max_upload_mb * 2**20), hosts, upload_timeout,
-                          blur_faces),
-                host=host, port=port, log_level="info", log_config=log_config)
+    log_config["loggers"]["posturescreen"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    uvicorn.run(
+        create_app(
+            bundles,
+            max_upload_bytes=int(max_upload_mb * 2**20),
+            allowed_hosts=hosts,
+            upload_timeout_s=upload_timeout,
+            blur_faces=blur_faces,
+        ),
+        host=host,
+        port=port,
+        log_level="info",
+        log_config=log_config,
+    )

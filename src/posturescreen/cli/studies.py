@@ -12,9 +12,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from posturescreen.agreement import formatted_agreement, measure_agreement, write_agreement
-from posturescreen.cli.app import app, console, err_console, fail
-from posturescreen.config import DataConfig, load_config
+from posturescreen.cli.app import (
+    ConfigOption,
+    SetOption,
+    app,
+    console,
+    err_console,
+    fail,
+    study_config,
+)
+from posturescreen.config.study import CAM_METHODS
 from posturescreen.data.manifest import load_manifest
 from posturescreen.data.synthetic import (
     balanced_cells,
@@ -24,14 +31,17 @@ from posturescreen.data.synthetic import (
     paper_photo_count,
 )
 from posturescreen.demo import demo_cohort, demo_config
-from posturescreen.executor_ray import RayExecutor
 from posturescreen.explain import enrichment_table, explain_run
 from posturescreen.pipeline import run_study
+from posturescreen.posture.agreement import formatted_agreement, measure_agreement, write_agreement
 from posturescreen.progress import progress_bar
 from posturescreen.report import build_report
 from posturescreen.report.tracking import log_to_mlflow
-from posturescreen.results import print_results
 from posturescreen.runfolder import cam_dir
+from posturescreen.study.ray_executor import RayExecutor
+from posturescreen.study.results import print_results
+
+CamMethod = StrEnum("CamMethod", [(name.replace("+", "_plus"), name) for name in CAM_METHODS])
 
 
 class ExecutorKind(StrEnum):
@@ -41,18 +51,13 @@ class ExecutorKind(StrEnum):
 
 @app.command()
 def study(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="study YAML")] = None,
+    *,
+    config: ConfigOption = None,
     data: Annotated[Path | None, typer.Option("--data", help="manifest CSV")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="run folder (default runs/<name>)")
     ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="override a config value, e.g. --set train.epochs=5 --set models.pretrained=none",
-        ),
-    ] = None,
+    overrides: SetOption = None,
     skip_bad_images: Annotated[
         bool,
         typer.Option(
@@ -95,7 +100,7 @@ def study(
         sets.append("data.skip_bad_images=true")
     if sensitivity:
         sets.append("sensitivity=" + json.dumps(list(sensitivity)))
-    cfg = load_config(config, sets)
+    cfg = study_config(config, sets)
     run_dir = out or Path("runs") / cfg.name
     if executor is ExecutorKind.local and (ray_address or ray_cpus_per_job):
         fail("--ray-address and --ray-cpus-per-job need --executor ray")
@@ -109,27 +114,36 @@ def study(
     if metrics is None:
         console.print(f"stopped after {max_jobs} job(s); rerun the same command to continue")
         return
-    print_results(metrics, run_dir, console, cfg.metrics.ci_level, cfg.metrics.primary_level)
+    print_results(
+        metrics,
+        run_dir,
+        console=console,
+        ci_level=cfg.metrics.ci_level,
+        level=cfg.metrics.primary_level,
+    )
 
 
 @app.command()
 def validate(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV")],
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="study YAML (for column names)")
-    ] = None,
-    subject_column: Annotated[str | None, typer.Option(help="worker id column")] = None,
-    label_columns: Annotated[
-        str | None, typer.Option(help="comma-separated 0/1 label columns (default ch,nsp)")
-    ] = None,
+    *,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    subject_column: Annotated[str | None, typer.Option(
+        help="worker id column (= --set data.subject_column=...)")] = None,
+    label_columns: Annotated[str | None, typer.Option(
+        help="comma-separated 0/1 label columns (default ch,nsp; = --set "
+             "data.label_columns=[...])")] = None,
     images: Annotated[bool, typer.Option(help="decode every photo (slower, thorough)")] = True,
 ) -> None:
     """Check a manifest and its photos; list every problem with its row."""
-    data_cfg = load_config(config).data if config else DataConfig()
+    sets = list(overrides or [])
     if subject_column:
-        data_cfg.subject_column = subject_column
+        sets.append(f"data.subject_column={json.dumps(subject_column)}")
     if label_columns is not None:
-        data_cfg.label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
+        sets.append("data.label_columns=" + json.dumps(
+            [c.strip() for c in label_columns.split(",") if c.strip()]))
+    data_cfg = study_config(config, sets).data
     m = load_manifest(manifest, data_cfg, check_images=images)
     t = m.table
     console.print(
@@ -146,28 +160,46 @@ def validate(
 @app.command()
 def agreement(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV with landmark columns")],
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="study YAML (for column names)")
+    *,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="folder for agreement.csv, the per-photo angles and a Bland–Altman plot"
+        ),
     ] = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="folder for agreement.csv, the per-photo angles and a Bland–Altman plot")
-    ] = None,
-    min_visibility: Annotated[float, typer.Option(
-        help="estimator points less visible than this are not used")] = 0.5,
+    min_visibility: Annotated[float | None, typer.Option(
+        help="estimator points less visible than this are not used (default: the config's "
+             "pose.min_visibility)", min=0, max=1)] = None,
 ) -> None:
     """How well the pose estimator's angles agree with hand-placed landmarks: bias, MAE,
     Bland–Altman limits and ICC(2,1) per angle."""
-    data_cfg = load_config(config).data if config else DataConfig(label_columns=[])
+    # labels are not needed here: a manifest without ch/nsp columns is fine
+    cfg = study_config(config, ["data.label_columns=[]", *(overrides or [])]
+                       if config is None else overrides)
+    data_cfg = cfg.data
+    if min_visibility is None:
+        min_visibility = cfg.pose.min_visibility
     with progress_bar(err_console) as progress:
         bar = progress.add_task("finding poses", total=None)
-        table, hand, est = measure_agreement(manifest, data_cfg, min_visibility,
-                                             lambda n: progress.advance(bar, n),
-                                             lambda n: progress.update(bar, total=n))
+        table, hand, est = measure_agreement(
+            manifest,
+            data_cfg,
+            min_visibility=min_visibility,
+            progress=lambda n: progress.advance(bar, n),
+            total=lambda n: progress.update(bar, total=n),
+        )
     if table.empty:
-        fail(f"{manifest}: no angle could be measured both from landmark columns (<name>_x, "
-             "<name>_y for ear, c7 or shoulder, hip, ...) and by the estimator")
-    t = Table(title="estimator vs hand-placed landmarks", title_justify="left",
-              caption="bias = estimator − hand; LoA: Bland–Altman 95% limits of agreement")
+        fail(
+            f"{manifest}: no angle could be measured both from landmark columns (<name>_x, "
+            "<name>_y for ear, c7 or shoulder, hip, ...) and by the estimator"
+        )
+    t = Table(
+        title="estimator vs hand-placed landmarks",
+        title_justify="left",
+        caption="bias = estimator − hand; LoA: Bland–Altman 95% limits of agreement",
+    )
     rows = formatted_agreement(table)
     for col in rows.columns:
         t.add_column(col)
@@ -175,16 +207,18 @@ def agreement(
         t.add_row(*r)
     console.print(t)
     if out is not None:
-        write_agreement(out, table, hand, est)
+        write_agreement(out, table=table, hand=hand, estimator=est)
         console.print(f"written: {out.resolve()}")
 
 
 @app.command()
 def synth(
+    *,
     out: Annotated[Path, typer.Option("--out", help="folder to write the cohort into")],
     subjects: Annotated[int, typer.Option(help="workers (531: the paper's exact counts)")] = 531,
-    seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes",
-                                      min=0, max=2**32 - 1)] = 0,
+    seed: Annotated[
+        int, typer.Option(help="random seed; same seed, same bytes", min=0, max=2**32 - 1)
+    ] = 0,
     size: Annotated[int, typer.Option(help="photo size in pixels (square)")] = 384,
     photos: Annotated[
         int | None, typer.Option(help="number of photos (default: the paper's 904/531 per worker)")
@@ -212,7 +246,7 @@ def synth(
 ) -> None:
     """Generate the synthetic cohort: photos, region masks, manifest.csv, generator.json."""
     n_photos = photos if photos is not None else paper_photo_count(subjects)
-    check_settings(subjects, size, n_photos, label_noise, contrast)
+    check_settings(subjects, size, n_photos, noise=label_noise, contrast=contrast)
     n_photos = photos if photos is not None else paper_photo_count(subjects)
     with progress_bar(err_console) as progress:
         bar = progress.add_task("rendering photos", total=n_photos)
@@ -220,8 +254,8 @@ def synth(
             out,
             subjects,
             seed,
-            size,
-            n_photos,
+            size=size,
+            n_photos=n_photos,
             noise=label_noise,
             progress=lambda n: progress.advance(bar, n),
             contrast=contrast,
@@ -234,41 +268,58 @@ def synth(
 
 @app.command()
 def demo(
+    *,
     out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/demo"),
-    subjects: Annotated[int, typer.Option(help="synthetic workers")] = 160,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="override a config value, e.g. --set train.epochs=2"),
-    ] = None,
+    subjects: Annotated[int, typer.Option(help="synthetic workers", min=8, max=5000)] = 160,
+    overrides: SetOption = None,
 ) -> None:
     """Generate a small synthetic cohort and run a short study on it (CH, NSP, CH+NSP)."""
     manifest = demo_cohort(subjects, console=err_console)
     cfg = demo_config(manifest, overrides)
     metrics = run_study(cfg, out)
     assert metrics is not None
-    print_results(metrics, out, console, cfg.metrics.ci_level, cfg.metrics.primary_level)
+    print_results(
+        metrics,
+        out,
+        console=console,
+        ci_level=cfg.metrics.ci_level,
+        level=cfg.metrics.primary_level,
+    )
 
 
 @app.command()
 def explain(
     run_dir: Annotated[Path, typer.Argument(help="a study's run folder")],
+    *,
     task: Annotated[list[str] | None, typer.Option("--task", help="only this task")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="only this model")] = None,
-    method: Annotated[str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, "
-                                             "layercam or eigencam")] = "gradcam",
-    overlays: Annotated[bool, typer.Option(help="write an overlay PNG per photo")] = True,
-    blur_faces: Annotated[bool | None, typer.Option(
-        "--blur-faces/--no-blur-faces",
-        help="blur faces in overlays and galleries (default: the study's privacy.blur_faces)")
+    method: Annotated[CamMethod | None, typer.Option(
+        help="the CAM method (default: the study's cams.method)")] = None,
+    overlays: Annotated[bool | None, typer.Option(
+        "--overlays/--no-overlays",
+        help="write an overlay PNG per photo (default: the study's cams.overlays)")] = None,
+    blur_faces: Annotated[
+        bool | None,
+        typer.Option(
+            "--blur-faces/--no-blur-faces",
+            help="blur faces in overlays and galleries (default: the study's privacy.blur_faces)",
+        ),
     ] = None,
 ) -> None:
     """Class activation maps of every photo from the fold model that did not train on it,
     mean maps per outcome, galleries and the CAM share per body region."""
-    summary = explain_run(run_dir, task, model, method, overlays, err_console, blur_faces)
+    summary = explain_run(
+        run_dir,
+        tasks=task,
+        models=model,
+        method=method.value if method is not None else None,
+        write_overlays=overlays,
+        console=err_console,
+        blur_faces=blur_faces,
+    )
     table = enrichment_table(summary)
     if table.empty:
-        console.print("no region masks or landmarks: CAMs and mean maps written, no region "
-                      "shares")
+        console.print("no region masks or landmarks: CAMs and mean maps written, no region shares")
     else:
         t = Table(title="CAM share (enrichment) per region, all photos", title_justify="left")
         for col in table.columns:
@@ -282,10 +333,13 @@ def explain(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="a finished study's run folder")],
-    mlflow: Annotated[bool, typer.Option(
-        "--mlflow", help="also log params, metrics and the report to MLflow")] = False,
-    mlflow_uri: Annotated[str | None, typer.Option(
-        help="MLflow tracking URI (default: a file store in RUN_DIR/mlruns)")] = None,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow", help="also log params, metrics and the report to MLflow")
+    ] = False,
+    mlflow_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: a file store in RUN_DIR/mlruns)"),
+    ] = None,
 ) -> None:
     """Write report.html (one self-contained file) and results.json for a finished study."""
     path = build_report(run_dir)

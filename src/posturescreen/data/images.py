@@ -110,7 +110,7 @@ def letterbox(
     img: Image.Image,
     size: int,
     interpolation: str = "bicubic",
-    fill: tuple[int, int, int] = (124, 116, 104),
+    *, fill: tuple[int, int, int] = (124, 116, 104),
 ) -> np.ndarray:
     """Resize keeping the aspect ratio and pad to size x size; returns uint8 (3, size, size)."""
     w, h = img.size
@@ -201,7 +201,7 @@ PhotoHook = Callable[[int, Image.Image, tuple[int, int], str], Box | None]
 def build_image_cache(
     paths: Sequence[Path],
     sizes: dict[int, str],
-    progress: Callable[[int], None] | None = None,
+    *, progress: Callable[[int], None] | None = None,
     draft_size: int | None = None,
     hook: PhotoHook | None = None,
 ) -> ImageCache:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posturescreen.config import DataConfig
+from posturescreen.config.study import DataConfig
 from posturescreen.data.images import ImageReadError, read_image_file
 from posturescreen.errors import PostureScreenError
 
@@ -149,7 +149,7 @@ def _check_image_file(path: Path) -> str | None:
 def load_manifest(
     path: Path | str,
     data: DataConfig | None = None,
-    check_images: bool = False,
+    *, check_images: bool = False,
     required_labels: bool = True,
     allow_bad_images: bool = False,
     allow_duplicates: bool = False,

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 
-from posturescreen.body import REGIONS
+from posturescreen.data.body import REGIONS
 
 
 def _capsule(draw: ImageDraw.ImageDraw, a, b, r: float, value: int) -> None:

@@ -3,6 +3,7 @@ mean maps per outcome in a common body frame, galleries, and region shares (cams
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,11 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from posturescreen import runfolder as rf
-from posturescreen.config import ModelConfig, StudyConfig, check_cam_method
+from posturescreen.config.study import ModelConfig, StudyConfig, check_cam_method
+from posturescreen.data.deid import blur_chw, face_in_frame
 from posturescreen.data.images import Box, Frame, ImageCache, build_image_cache, letterbox_labels
+from posturescreen.data.landmarks import frame_points, landmark_names
 from posturescreen.data.manifest import resolve_image_path
-from posturescreen.deid import blur_chw, face_in_frame
 from posturescreen.explain.cams import compute_cams, overlay
 from posturescreen.explain.pictures import TopK, gallery, heatmap_png
 from posturescreen.explain.regions import (
@@ -27,9 +29,8 @@ from posturescreen.explain.regions import (
     summarize_shares,
 )
 from posturescreen.files import atomic_write_csv
-from posturescreen.landmarks import frame_points, landmark_names
-from posturescreen.models import build_model, decode_sizes, preprocessing_for, target_layer
-from posturescreen.poses import face_boxes, person_boxes
+from posturescreen.models.cnn import Preprocessing, build_model, target_layer
+from posturescreen.posture.tables import face_boxes, person_boxes
 from posturescreen.progress import progress_bar
 from posturescreen.runfolder import Job
 
@@ -76,6 +77,26 @@ class _RunImages:
         return regions_from_landmarks(points, size)
 
 
+def _recorded_preprocessing(run_dir: Path, job: Job) -> Preprocessing:
+    """The preprocessing a fold model was trained with, as its fold.json records it (a
+    library upgrade since the study must not change what the CAMs see)."""
+    info = json.loads((job.directory(run_dir) / rf.FOLD_JSON).read_text())
+    return Preprocessing.from_record(info["preprocessing"])
+
+
+def _recorded_sizes(run_dir: Path, cfg: StudyConfig) -> dict[int, str]:
+    """Input size -> interpolation of every finished CNN job of the run."""
+    sizes = {}
+    for task in cfg.tasks:
+        for m in cfg.cnn_models():
+            for k in rf.fold_numbers(run_dir, task.name, m.name):
+                job = Job(task.name, m.name, k)
+                if job.is_done(run_dir):
+                    prep = _recorded_preprocessing(run_dir, job)
+                    sizes[prep.input_size] = prep.interpolation
+    return sizes
+
+
 def _run_images(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
                 blur_faces: bool) -> _RunImages:
     manifest_dir = Path(cfg.data.manifest).parent
@@ -89,7 +110,7 @@ def _run_images(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
         if blur_faces:
             faces = {position[r]: b for r, b in face_boxes(pose).items() if r in position}
     return _RunImages(
-        cohort, manifest_dir, decode_sizes(cfg.models),
+        cohort, manifest_dir, _recorded_sizes(run_dir, cfg),
         [resolve_image_path(manifest_dir, v) for v in cohort[cfg.data.image_column]],
         rf.decode_size(run_dir), crops, faces, position=position)
 
@@ -106,18 +127,19 @@ class _Accumulator:
 
 
 def explain_run(
-    run_dir: Path, tasks: Sequence[str] | None = None, models: Sequence[str] | None = None,
-    method: str = "gradcam", write_overlays: bool = True, console: Console | None = None,
-    blur_faces: bool | None = None,
+    run_dir: Path, *, tasks: Sequence[str] | None = None, models: Sequence[str] | None = None,
+    method: str | None = None, write_overlays: bool | None = None,
+    console: Console | None = None, blur_faces: bool | None = None,
 ) -> pd.DataFrame:
     """CAMs for every photo from the fold model that did not train on it; writes cams/ and
-    returns the region summary (task, model, outcome, region, share, enrichment, n). Faces
-    in overlays and galleries are blurred unless `blur_faces` (default: the study's
-    `privacy.blur_faces`) is False."""
+    returns the region summary (task, model, outcome, region, share, enrichment, n). The
+    method, the overlays and the face blur follow the study's config (`cams.method`,
+    `cams.overlays`, `privacy.blur_faces`) unless given here."""
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
-    check_cam_method(method)
     cfg, cohort = rf.load_run(run_dir)
+    method = check_cam_method(method or cfg.cams.method)
+    write_overlays = cfg.cams.overlays if write_overlays is None else write_overlays
     blur = cfg.privacy.blur_faces if blur_faces is None else blur_faces
     images = _run_images(run_dir, cfg, cohort, blur)
     frames = []
@@ -139,7 +161,6 @@ def explain_run(
 
 def _explain_model(run_dir: Path, task: str, mcfg: ModelConfig, images: _RunImages,
                    method: str, write_overlays: bool, console: Console) -> list[pd.DataFrame]:
-    prep = preprocessing_for(mcfg.name, mcfg.image_size)
     out = rf.cam_dir(run_dir, task, mcfg.name)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     acc = _Accumulator()
@@ -151,7 +172,7 @@ def _explain_model(run_dir: Path, task: str, mcfg: ModelConfig, images: _RunImag
             if not job.is_done(run_dir):
                 console.print(f"[yellow]skipping unfinished {job.directory(run_dir)}[/yellow]")
                 continue
-            _explain_fold(run_dir, job, mcfg, prep, images, method, out, write_overlays, acc)
+            _explain_fold(run_dir, job, mcfg, images, method, out, write_overlays, acc)
             progress.advance(bar)
     for o in OUTCOMES:
         if acc.counts[o]:
@@ -165,16 +186,17 @@ def _explain_model(run_dir: Path, task: str, mcfg: ModelConfig, images: _RunImag
     return acc.shares
 
 
-def _explain_fold(run_dir: Path, job: Job, mcfg: ModelConfig, prep, images: _RunImages,
+def _explain_fold(run_dir: Path, job: Job, mcfg: ModelConfig, images: _RunImages,
                   method: str, out: Path, write_overlays: bool, acc: _Accumulator) -> None:
     job_dir = job.directory(run_dir)
     preds = pd.read_csv(job_dir / rf.PREDICTIONS, dtype={"image": str})
     model, _ = build_model(mcfg.name, "none")
     model.load_state_dict(load_file(str(job_dir / rf.CHECKPOINT)))
     pos = np.array([images.position[int(r)] for r in preds["row"]])
+    prep = _recorded_preprocessing(run_dir, job)
     size = prep.input_size
     pixels = images.arrays(size)[pos]
-    cams = compute_cams(model, pixels, prep, target_layer(model, mcfg.name), method)
+    cams = compute_cams(model, pixels, prep, layer=target_layer(model, mcfg.name), method=method)
     names = landmark_names(list(images.cohort.columns))
     for j, p in enumerate(preds.itertuples(index=False)):
         i = pos[j]

@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from posturescreen import __version__
 from posturescreen import runfolder as rf
 from posturescreen.files import atomic_write_text
-from posturescreen.metrics import METRICS, format_p
+from posturescreen.models.kinds import kind_of
 from posturescreen.report.checklist import CLAIM_TRIPOD
 from posturescreen.report.figures import (
     calibration_figure,
@@ -26,7 +26,8 @@ from posturescreen.report.figures import (
 )
 from posturescreen.report.posture import posture_section
 from posturescreen.report.statistics import sensitivity, statistics
-from posturescreen.results import methods_text
+from posturescreen.stats.metrics import METRICS, format_p
+from posturescreen.study.results import methods_text
 
 
 def _fold_counts(cohort: pd.DataFrame, task: str, subject_col: str) -> list[dict]:
@@ -99,9 +100,14 @@ def build_report(run_dir: Path) -> Path:
     roc_figs = {t: roc_figure(preds, t, models) for t in tasks}
     calib_figs = {t: calibration_figure(preds, t, models)[0] for t in tasks}
     primary = cfg.metrics.primary_level
-    posture = posture_section(run_dir, cfg, cohort, metrics[metrics.level == primary],
-                              stats["comparisons"][stats["comparisons"].level == primary],
-                              preds)
+    posture = posture_section(
+        run_dir,
+        cfg,
+        cohort,
+        metrics=metrics[metrics.level == primary],
+        comparisons=stats["comparisons"][stats["comparisons"].level == primary],
+        preds=preds,
+    )
 
     cams = None
     cam_dir = rf.cam_dir(run_dir)
@@ -113,21 +119,36 @@ def build_report(run_dir: Path) -> Path:
                 d = rf.cam_dir(run_dir, t, m)
                 if not d.exists():
                     continue
-                panels.append({
-                    "task": t, "model": m,
-                    "means": [(o, file_data_url(d / f"mean_cam_{o}.png"))
-                              for o in ("TP", "TN", "FP", "FN")
-                              if (d / f"mean_cam_{o}.png").exists()],
-                    "gallery": file_data_url(d / "gallery.png") if (d / "gallery.png").exists()
-                    else None})
-        table = summary[(summary["outcome"] == "all")].pivot_table(
-            index=["task", "model"], columns="region", values="enrichment").reset_index()
-        cams = {"panels": panels, "chart": region_chart(summary),
-                "table": table.round(2).fillna("n/a").to_dict(orient="records"),
-                "columns": list(table.columns)}
+                panels.append(
+                    {
+                        "task": t,
+                        "model": m,
+                        "means": [
+                            (o, file_data_url(d / f"mean_cam_{o}.png"))
+                            for o in ("TP", "TN", "FP", "FN")
+                            if (d / f"mean_cam_{o}.png").exists()
+                        ],
+                        "gallery": file_data_url(d / "gallery.png")
+                        if (d / "gallery.png").exists()
+                        else None,
+                    }
+                )
+        table = (
+            summary[(summary["outcome"] == "all")]
+            .pivot_table(index=["task", "model"], columns="region", values="enrichment")
+            .reset_index()
+        )
+        cams = {
+            "panels": panels,
+            "chart": region_chart(summary),
+            "table": table.round(2).fillna("n/a").to_dict(orient="records"),
+            "columns": list(table.columns),
+        }
 
-    n_pos = {t: int(counts[(counts.task == t) & (counts["class"] == "positive")]["subjects"]
-                    .sum()) for t in tasks}
+    n_pos = {
+        t: int(counts[(counts.task == t) & (counts["class"] == "positive")]["subjects"].sum())
+        for t in tasks
+    }
     limitations = [
         f"Sample size: the smallest task has {min(n_pos.values())} positive subjects; "
         "intervals are wide accordingly (they resample subjects, not photos).",
@@ -141,46 +162,78 @@ def build_report(run_dir: Path) -> Path:
         "External validity: one study's cameras, sites and population.",
     ]
     if synthetic:
-        limitations.insert(0, "The data are SYNTHETIC (posturescreen's generated cohort): "
-                              "numbers describe the pipeline, not patients.")
+        limitations.insert(
+            0,
+            "The data are SYNTHETIC (posturescreen's generated cohort): "
+            "numbers describe the pipeline, not patients.",
+        )
     if not skipped.empty:
-        limitations.append(f"{len(skipped)} unreadable photo(s) were skipped "
-                           "(skipped_images.csv).")
+        limitations.append(f"{len(skipped)} unreadable photo(s) were skipped (skipped_images.csv).")
 
     results = {
-        "posturescreen": __version__, "run": str(run_dir.resolve()),
-        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "header": run_meta,
+        "posturescreen": __version__,
+        "run": str(run_dir.resolve()),
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "header": run_meta,
         "config": cfg.model_dump(mode="json"),
         "class_counts": counts.to_dict(orient="records"),
         "fold_counts": {t: _fold_counts(cohort, t, subject_col) for t in tasks},
         "subject_disjointness": {t: (v or "passed") for t, v in disjoint.items()},
         "metrics": metrics.to_dict(orient="records"),
         "metrics_per_fold": per_fold.to_dict(orient="records"),
-        "confusion": [{"task": t, "model": m, "level": lv["name"], **c}
-                      for lv in stats["levels"] for (t, m), c in lv["confusion"].items()],
+        "confusion": [
+            {"task": t, "model": m, "level": lv["name"], **c}
+            for lv in stats["levels"]
+            for (t, m), c in lv["confusion"].items()
+        ],
         "calibration": stats["calibration"],
         "auc_pooling": stats["pooling"],
         "sensitivity": sensitivity_rows,
         "comparisons": stats["comparisons"].to_dict(orient="records"),
-        "folds": folds_info, "synthetic_data": synthetic,
+        "folds": folds_info,
+        "synthetic_data": synthetic,
         "posture": {k: v for k, v in (posture or {}).items() if k != "bland_altman"},
     }
     atomic_write_text(run_dir / rf.RESULTS_JSON, json.dumps(_jsonable(results), indent=1))
 
-    env = Environment(loader=PackageLoader("posturescreen", "report"),
-                      autoescape=select_autoescape(["html", "j2"]))
+    env = Environment(
+        loader=PackageLoader("posturescreen", "report"),
+        autoescape=select_autoescape(["html", "j2"]),
+    )
     env.filters["pvalue"] = format_p
     html = env.get_template("template.html.j2").render(
-        cfg=cfg, meta=run_meta, version=__version__, generated=results["generated"],
-        manifest=manifest, synthetic=synthetic, skipped=skipped.to_dict(orient="records"),
-        n_photos=len(cohort), n_subjects=cohort[subject_col].nunique(),
-        counts=counts.to_dict(orient="records"), fold_counts=results["fold_counts"],
-        disjoint=disjoint, tasks=tasks, models=models, weights=weights,
-        levels=stats["levels"], metric_names=METRICS, roc=roc_figs, calib=calib_figs,
-        calibration=stats["calibration"], pooling=stats["pooling"],
-        pooling_outside=stats["pooling_outside"], raw_outside=stats["raw_outside"],
-        methods_text=methods_text(cfg), cams=cams, sensitivity=sensitivity_rows,
-        limitations=limitations, claim=CLAIM_TRIPOD, folds=folds_info, posture=posture)
+        cfg=cfg,
+        meta=run_meta,
+        version=__version__,
+        generated=results["generated"],
+        manifest=manifest,
+        synthetic=synthetic,
+        skipped=skipped.to_dict(orient="records"),
+        n_photos=len(cohort),
+        n_subjects=cohort[subject_col].nunique(),
+        counts=counts.to_dict(orient="records"),
+        fold_counts=results["fold_counts"],
+        disjoint=disjoint,
+        tasks=tasks,
+        models=models,
+        weights=weights,
+        levels=stats["levels"],
+        metric_names=METRICS,
+        roc=roc_figs,
+        calib=calib_figs,
+        calibration=stats["calibration"],
+        pooling=stats["pooling"],
+        pooling_outside=stats["pooling_outside"],
+        raw_outside=stats["raw_outside"],
+        methods_text=methods_text(cfg),
+        cams=cams,
+        sensitivity=sensitivity_rows,
+        limitations=limitations,
+        claim=CLAIM_TRIPOD,
+        folds=folds_info,
+        posture=posture,
+        model_text={m.name: kind_of(m).describe(m) for m in cfg.models},
+    )
     out = run_dir / rf.REPORT_HTML
     atomic_write_text(out, html)
     return out

@@ -13,20 +13,22 @@ import numpy as np
 import pandas as pd
 
 from posturescreen import runfolder as rf
-from posturescreen.agreement import (
+from posturescreen.config.study import ModelConfig, StudyConfig
+from posturescreen.data.landmarks import landmark_names
+from posturescreen.models.kinds import LinearParts, kind_of
+from posturescreen.models.linear import lower_risk_change
+from posturescreen.posture.agreement import (
     agreement_table,
     bland_altman_figure,
     bland_altman_pairs,
     estimator_angles,
     hand_angles,
 )
-from posturescreen.anglemodel import AngleModel, FusionModel, lower_risk_change
-from posturescreen.angles import ANGLES, DESCRIPTIONS
-from posturescreen.config import ModelConfig, StudyConfig
-from posturescreen.landmarks import landmark_names
-from posturescreen.levels import Calibrator
-from posturescreen.metrics import format_estimate, format_p
+from posturescreen.posture.angles import ANGLES, DESCRIPTIONS
+from posturescreen.posture.tables import recorded_landmark_source
 from posturescreen.report.figures import png_data_url
+from posturescreen.stats.levels import Calibrator
+from posturescreen.stats.metrics import format_estimate, format_p
 
 EXAMPLES_PER_MODEL = 3
 
@@ -51,11 +53,11 @@ def _kind_table(cfg: StudyConfig, metrics: pd.DataFrame, comparisons: pd.DataFra
                 ) -> list[dict]:
     """Per task: each model's AUC with its kind, and the DeLong test against the task's best
     CNN (by pooled AUC)."""
-    kinds = {m.name: m.kind for m in cfg.models}
+    kinds = {m.name: kind_of(m) for m in cfg.models}
     auc = metrics[(metrics.metric == "AUC") & (metrics.ci_kind == "bootstrap")]
     rows = []
     for task, g in auc.groupby("task", sort=False):
-        cnns = g[g.model.map(kinds) == "cnn"]
+        cnns = g[g.model.map(lambda n: n not in kinds or not kinds[n].uses_angles)]
         best = cnns.loc[cnns.estimate.idxmax(), "model"] if cnns.estimate.notna().any() else None
         for r in g.itertuples():
             p = None
@@ -64,7 +66,8 @@ def _kind_table(cfg: StudyConfig, metrics: pd.DataFrame, comparisons: pd.DataFra
                 c = comparisons[(comparisons.task == task)
                                 & comparisons.model_a.isin(pair) & comparisons.model_b.isin(pair)]
                 p = float(c.p_holm.iloc[0]) if len(c) else None
-            rows.append({"task": task, "model": r.model, "kind": kinds.get(r.model, "cnn"),
+            rows.append({"task": task, "model": r.model,
+                         "kind": kinds[r.model].name if r.model in kinds else "cnn",
                          "auc": format_estimate(r.estimate, r.ci_low, r.ci_high),
                          "vs": best if p is not None else "",
                          "p": ("" if p is None else format_p(p) if np.isfinite(p)
@@ -79,22 +82,21 @@ def _examples(run_dir: Path, cfg: StudyConfig, angles: pd.DataFrame,
     by_row = angles.set_index("row")
     calibration = pd.read_csv(run_dir / rf.CALIBRATION).set_index(["task", "model", "fold"])
     out = []
-    for m in (m for m in cfg.models if m.kind != "cnn"):
+    for m in (m for m in cfg.models if kind_of(m).uses_angles):
         for task in [t.name for t in cfg.tasks]:
             p = preds[(preds.task == task) & (preds.model == m.name) & (preds.label == 1)
                       & (preds.pred == 1)].sort_values("prob", ascending=False)
             for r in p.head(EXAMPLES_PER_MODEL).itertuples():
                 linear = json.loads((rf.Job(task, m.name, int(r.fold)).directory(run_dir)
                                      / rf.LINEAR_MODEL).read_text())
-                model = AngleModel.from_dict(linear["angles"])
+                parts = LinearParts.from_json(linear)
                 values = {a: float(by_row.at[int(r.row), a]) for a in ANGLES
                           if a in by_row and math.isfinite(by_row.at[int(r.row), a])}
                 c = calibration.loc[(task, m.name, int(r.fold))]
-                raw = _risk_function(run_dir, cfg, task, m, int(r.fold), int(r.row), model,
-                                     linear)
+                raw = _risk_function(run_dir, cfg, task, m, int(r.fold), int(r.row), parts)
                 cal = Calibrator(float(c["slope"]), float(c["intercept"]))
                 risk = lambda v, raw=raw, cal=cal: float(cal(np.array([raw(v)]))[0])  # noqa: E731
-                change = lower_risk_change([model], values, risk)
+                change = lower_risk_change([parts.angles], values, risk)
                 out.append({"task": task, "model": m.name, "row": int(r.row),
                             "image": r.image, "prob": float(r.prob),
                             "change": change.sentence() if change else "no single angle "
@@ -103,20 +105,20 @@ def _examples(run_dir: Path, cfg: StudyConfig, angles: pd.DataFrame,
 
 
 def _risk_function(run_dir: Path, cfg: StudyConfig, task: str, m: ModelConfig, fold: int,
-                   row: int, model: AngleModel, linear: dict):
+                   row: int, parts: LinearParts):
     """The out-of-fold model's risk as a function of the angles (a fusion's CNN score held
     at the photo's)."""
-    if m.kind != "fusion":
-        return lambda v: float(model.predict(model.matrix(v))[0])
-    cnn = rf.read_predictions(rf.Job(task, m.cnn, fold).directory(run_dir) / rf.PREDICTIONS,
-                              cfg.data.subject_column)
-    cnn_prob = float(cnn.set_index("row").at[row, "prob"])  # the CNN job's own, raw
-    fusion = FusionModel.from_dict(linear["fusion"])
-    return lambda v: float(fusion.predict([cnn_prob], model.logit(model.matrix(v)))[0])
+    kind, cnn_prob = kind_of(m), None
+    cnn = kind.weights_of(m)
+    if cnn is not None:
+        table = rf.read_predictions(rf.Job(task, cnn, fold).directory(run_dir)
+                                    / rf.PREDICTIONS, cfg.data.subject_column)
+        cnn_prob = float(table.set_index("row").at[row, "prob"])  # the CNN job's own, raw
+    return lambda v: kind.probability(cnn_prob, parts, v)
 
 
 def posture_section(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
-                    metrics: pd.DataFrame, comparisons: pd.DataFrame,
+                    *, metrics: pd.DataFrame, comparisons: pd.DataFrame,
                     preds: pd.DataFrame) -> dict | None:
     """Everything the report's posture section shows, or None when the study has no pose
     estimates and no angle models."""
@@ -139,8 +141,8 @@ def posture_section(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
             if pairs:
                 section["bland_altman"] = png_data_url(bland_altman_figure(pairs))
     if angles is not None:
-        section["source"] = str(angles["landmark_source"].iloc[0]) if len(angles) else None
-        for m in (m for m in cfg.models if m.kind != "cnn"):
+        section["source"] = recorded_landmark_source(angles)
+        for m in (m for m in cfg.models if kind_of(m).uses_angles):
             for t in cfg.tasks:
                 section["coefficients"].append({"task": t.name, "model": m.name,
                                                 "rows": _coefficients(run_dir, t.name,

@@ -12,10 +12,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 
 from posturescreen import runfolder as rf
-from posturescreen.config import StudyConfig
-from posturescreen.levels import logit
-from posturescreen.metrics import format_estimate, paper_table
-from posturescreen.results import LEVEL_TEXT, levels_in_order
+from posturescreen.config.study import StudyConfig
+from posturescreen.stats.levels import logit
+from posturescreen.stats.metrics import format_estimate, paper_table
+from posturescreen.study.results import LEVEL_TEXT, levels_in_order
 
 
 def calibration_stats(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:

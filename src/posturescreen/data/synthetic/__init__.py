@@ -33,8 +33,8 @@ from posturescreen.data.synthetic.population import (
     risk_scores,
     scaled_cells,
 )
-from posturescreen.data.synthetic.pose import Skeleton, pose_skeleton
 from posturescreen.data.synthetic.render import LANDMARKS, camera_for_photo, render_photo
+from posturescreen.data.synthetic.skeleton import Skeleton, pose_skeleton
 
 __all__ = [
     "BOTH_INTERACTION", "CH_WEIGHTS", "DEFAULT_NOISE", "LANDMARKS", "LANDMARK_REGION",

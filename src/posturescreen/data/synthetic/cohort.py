@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from posturescreen.body import REGION_IDS
+from posturescreen.data.body import REGION_IDS
 from posturescreen.data.synthetic.population import (
     BOTH_INTERACTION,
     CH_WEIGHTS,
@@ -50,7 +50,7 @@ MAX_SUBJECTS = 5000  # the label assignment is a workers × workers matching
 MAX_SIZE = 2048
 
 
-def check_settings(n_subjects: int, size: int, n_photos: int | None, noise: float,
+def check_settings(n_subjects: int, size: int, n_photos: int | None, *, noise: float,
                    contrast: float) -> None:
     """Refuse impossible or absurd settings at once, before any work."""
     if not 8 <= n_subjects <= MAX_SUBJECTS:
@@ -70,7 +70,7 @@ def generate_cohort(
     out: Path | str,
     n_subjects: int = PAPER_SUBJECTS,
     seed: int = 0,
-    size: int = 384,
+    *, size: int = 384,
     n_photos: int | None = None,
     noise: float = DEFAULT_NOISE,
     progress=None,
@@ -85,14 +85,14 @@ def generate_cohort(
     that CAMs land on the region that drives each label. `cells` sets the workers per
     (CH, NSP) cell instead of the paper's proportions (equal cells make CH and NSP
     independent)."""
-    check_settings(n_subjects, size, n_photos, noise, contrast)
+    check_settings(n_subjects, size, n_photos, noise=noise, contrast=contrast)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     if n_photos is None:
         n_photos = paper_photo_count(n_subjects)
     cells = cells or scaled_cells(n_subjects)
-    workers = make_workers(n_subjects, seed, noise, cells)
+    workers = make_workers(n_subjects, seed, noise=noise, cells=cells)
     counts = photo_counts(n_subjects, n_photos, np.random.default_rng([seed, 1]))
     sites = {s.name: s for s in SITES}
     rows, records = [], []
@@ -101,7 +101,9 @@ def generate_cohort(
             rng = np.random.default_rng([seed, 2, i, k])
             posture = photo_posture(w, rng, contrast)
             camera = camera_for_photo(sites[w.site], rng)
-            img, mask, landmarks = render_photo(w, posture, camera, sites[w.site], size, rng)
+            img, mask, landmarks = render_photo(
+                w, posture, camera, site=sites[w.site], size=size, rng=rng
+            )
             stem = f"{w.subject_id}_{k + 1}"
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=camera["jpeg_quality"])
@@ -175,7 +177,7 @@ def generate_cohort(
 
 
 def contact_sheet(
-    manifest: Path | str, out: Path | str, n: int = 12, columns: int = 4, tile: int = 256
+    manifest: Path | str, out: Path | str, *, n: int = 12, columns: int = 4, tile: int = 256
 ) -> Path:
     """A PNG grid of the first photo of n workers, labelled with their diagnoses."""
     manifest = Path(manifest)

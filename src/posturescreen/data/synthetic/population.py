@@ -159,7 +159,7 @@ def assign_labels(
     workers: list[Worker],
     cells: dict[tuple[int, int], int],
     rng: np.random.Generator,
-    noise: float = DEFAULT_NOISE,
+    *, noise: float = DEFAULT_NOISE,
 ) -> None:
     """Labels with exactly the requested cell counts, drawn in proportion to each worker's
     risk: Gumbel-perturbed cell log-odds, then an assignment to cell slots (a draw from the
@@ -240,7 +240,7 @@ def photo_posture(
 def make_workers(
     n_subjects: int,
     seed: int,
-    noise: float = DEFAULT_NOISE,
+    *, noise: float = DEFAULT_NOISE,
     cells: dict[tuple[int, int], int] | None = None,
 ) -> list[Worker]:
     rng = np.random.default_rng(seed)
@@ -248,5 +248,5 @@ def make_workers(
     site_p = np.array([0.45, 0.35, 0.20])
     for w in workers:
         w.site = SITES[int(rng.choice(len(SITES), p=site_p))].name
-    assign_labels(workers, cells or scaled_cells(n_subjects), rng, noise)
+    assign_labels(workers, cells or scaled_cells(n_subjects), rng, noise=noise)
     return workers

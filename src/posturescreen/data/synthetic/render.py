@@ -8,9 +8,9 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from posturescreen.body import REGION_IDS
+from posturescreen.data.body import REGION_IDS
 from posturescreen.data.synthetic.population import Site, Worker
-from posturescreen.data.synthetic.pose import Skeleton, _dir, _elbow, pose_skeleton
+from posturescreen.data.synthetic.skeleton import Skeleton, _dir, _elbow, pose_skeleton
 
 LANDMARKS = ("ear", "eye", "nose", "c7", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
 SUPERSAMPLE = 2
@@ -43,7 +43,7 @@ class _Canvas:
         if region is not None:
             self.mdraw.polygon(xy, fill=region)
 
-    def capsule(self, a, b, radius_cm: float, fill, region: int | None = None) -> None:
+    def capsule(self, a, b, radius_cm: float, *, fill, region: int | None = None) -> None:
         (pa, pb), r = self.px([a, b]), radius_cm * self.scale()
         for d, val in ((self.draw, fill), (self.mdraw, region)):
             if val is None:
@@ -53,7 +53,14 @@ class _Canvas:
                 d.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=val)
 
     def ellipse(
-        self, centre, rx_cm: float, ry_cm: float, angle_deg: float, fill, region: int | None = None
+        self,
+        centre,
+        rx_cm: float,
+        ry_cm: float,
+        *,
+        angle_deg: float,
+        fill,
+        region: int | None = None,
     ) -> None:
         t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
         local = np.stack([rx_cm * np.cos(t), ry_cm * np.sin(t)], 1)
@@ -88,19 +95,24 @@ def _draw_leg(cv: _Canvas, hip, thigh_dir, shank_dir, w: Worker, shade: float, r
     knee = hip + w.thigh * _dir(thigh_dir)
     ankle = knee + w.shank * _dir(shank_dir)
     tr = _shade(w.trousers, shade)
-    cv.capsule(hip, knee, 7.5 * w.girth, tr, region)
-    cv.capsule(knee, ankle, 5.2 * w.girth, tr, region)
+    cv.capsule(hip, knee, 7.5 * w.girth, fill=tr, region=region)
+    cv.capsule(knee, ankle, 5.2 * w.girth, fill=tr, region=region)
     toe = ankle + 22 * w.height_scale * _dir(max(-25.0, min(15.0, shank_dir + 90)))
-    cv.capsule(ankle, toe, 3.5, _shade((35, 30, 30), shade), region)
+    cv.capsule(ankle, toe, 3.5, fill=_shade((35, 30, 30), shade), region=region)
 
 
 def _draw_arm(cv: _Canvas, shoulder, elbow, wrist, w: Worker, shade: float, region: int) -> None:
-    cv.capsule(shoulder, elbow, 5.0 * w.girth, _shade(w.shirt, 0.92 * shade), region)
-    cv.capsule(elbow, wrist, 3.8 * w.girth, _shade(w.skin, shade), region)
+    cv.capsule(shoulder, elbow, 5.0 * w.girth, fill=_shade(w.shirt, 0.92 * shade), region=region)
+    cv.capsule(elbow, wrist, 3.8 * w.girth, fill=_shade(w.skin, shade), region=region)
     hand_dir = (wrist - elbow) / max(1e-6, np.linalg.norm(wrist - elbow))
-    cv.capsule(wrist, wrist + 8 * hand_dir, 3.2, _shade(w.skin, 0.96 * shade), region)
+    cv.capsule(wrist, wrist + 8 * hand_dir, 3.2, fill=_shade(w.skin, 0.96 * shade), region=region)
     cv.ellipse(
-        shoulder, 6.0 * w.girth, 6.8 * w.girth, 0, _shade(w.shirt, 0.95 * shade), region
+        shoulder,
+        6.0 * w.girth,
+        6.8 * w.girth,
+        angle_deg=0,
+        fill=_shade(w.shirt, 0.95 * shade),
+        region=region,
     )  # deltoid
 
 
@@ -108,6 +120,7 @@ def render_photo(
     w: Worker,
     p: dict[str, float],
     camera: dict[str, float],
+    *,
     site: Site,
     size: int,
     rng: np.random.Generator,
@@ -155,21 +168,22 @@ def _rect(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
     return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
 
 
-def _draw_desk(cv: _Canvas, P: dict[str, np.ndarray], camera: dict[str, float],
-               foot_y: float) -> None:
+def _draw_desk(
+    cv: _Canvas, P: dict[str, np.ndarray], camera: dict[str, float], foot_y: float
+) -> None:
     """Desk, monitor and keyboard, behind the worker's near side."""
     desk_top = P["wrist"][1] - 3.0
     desk_front = min(P["knee"][0], P["wrist"][0] - 10) - 4.0
     wood = (150, 110, 75) if camera["desk"] < 0.5 else (205, 200, 190)
     cv.polygon(_rect(desk_front, desk_top, desk_front + 90, desk_top - 3.5), wood)
-    cv.polygon(_rect(desk_front + 80, desk_top - 3.5, desk_front + 85, foot_y),
-               _shade(wood, 0.7))
+    cv.polygon(_rect(desk_front + 80, desk_top - 3.5, desk_front + 85, foot_y), _shade(wood, 0.7))
     mx = desk_front + 38 + 10 * camera["monitor"]
     cv.polygon(_rect(mx, desk_top, mx + 3, desk_top + 12), (50, 50, 55))
     cv.polygon(_rect(mx - 6, desk_top, mx + 9, desk_top + 1.5), (50, 50, 55))  # monitor foot
     cv.polygon(_rect(mx - 3, desk_top + 10, mx + 2, desk_top + 46), (25, 25, 30))
-    cv.polygon(_rect(P["wrist"][0] - 2, desk_top, P["wrist"][0] + 30, desk_top + 2),
-               (60, 60, 65))  # keyboard
+    cv.polygon(
+        _rect(P["wrist"][0] - 2, desk_top, P["wrist"][0] + 30, desk_top + 2), (60, 60, 65)
+    )  # keyboard
 
 
 def _draw_far_limbs(cv: _Canvas, sk: Skeleton, w: Worker) -> None:
@@ -177,32 +191,59 @@ def _draw_far_limbs(cv: _Canvas, sk: Skeleton, w: Worker) -> None:
     P = sk.points
     far_sh = P["shoulder"] + np.array([-1.5, 1.0])
     far_wrist = P["wrist"] + [4, 0]
-    _draw_arm(cv, far_sh, _elbow(far_sh, far_wrist, w.upper_arm, w.forearm), far_wrist, w,
-              0.72, REGION_IDS["upper_limbs"])
-    _draw_leg(cv, np.array([-1.0, 0.5]), sk.far_thigh_dir, sk.far_shank_dir, w, 0.75,
-              REGION_IDS["lower_body"])
+    _draw_arm(
+        cv,
+        far_sh,
+        _elbow(far_sh, far_wrist, w.upper_arm, w.forearm),
+        far_wrist,
+        w,
+        0.72,
+        REGION_IDS["upper_limbs"],
+    )
+    _draw_leg(
+        cv,
+        np.array([-1.0, 0.5]),
+        sk.far_thigh_dir,
+        sk.far_shank_dir,
+        w,
+        0.75,
+        REGION_IDS["lower_body"],
+    )
 
 
-def _draw_chair(cv: _Canvas, sk: Skeleton, w: Worker, camera: dict[str, float],
-                seat_y: float, foot_y: float) -> None:
+def _draw_chair(
+    cv: _Canvas, sk: Skeleton, w: Worker, camera: dict[str, float], seat_y: float, foot_y: float
+) -> None:
     """Seat, post, base and a backrest behind the pelvis."""
     chair = (45, 45, 50) if camera["chair"] < 0.5 else (90, 40, 35)
     cv.polygon(_rect(-22, seat_y, 0.55 * w.thigh, seat_y - 6), chair)
     cv.polygon(_rect(-4, seat_y - 6, 0, foot_y + 6), (70, 70, 75))
     cv.polygon(_rect(-30, foot_y + 6, 26, foot_y + 2), (60, 60, 65))
     back_x = min(sk.spine[:6, 0].min(), 0.0) - 6.0
-    cv.polygon([[back_x - 4, seat_y + 4], [back_x, seat_y + 4], [back_x - 8, seat_y + 52],
-                [back_x - 12, seat_y + 52]], chair)
+    cv.polygon(
+        [
+            [back_x - 4, seat_y + 4],
+            [back_x, seat_y + 4],
+            [back_x - 8, seat_y + 52],
+            [back_x - 12, seat_y + 52],
+        ],
+        chair,
+    )
 
 
 def _draw_body(cv: _Canvas, sk: Skeleton, w: Worker) -> None:
     """Trunk, near leg and pelvis."""
     P = sk.points
     cv.polygon(_trunk_outline(sk, w), w.shirt, REGION_IDS["trunk"])
-    _draw_leg(cv, P["hip"], sk.near_thigh_dir, sk.near_shank_dir, w, 1.0,
-              REGION_IDS["lower_body"])
-    cv.ellipse(P["hip"] + np.array([1.0, 1.0]), 9.5 * w.girth, 8.0 * w.girth,
-               sk.spine_angle[0] - 90, w.trousers, REGION_IDS["trunk"])
+    _draw_leg(cv, P["hip"], sk.near_thigh_dir, sk.near_shank_dir, w, 1.0, REGION_IDS["lower_body"])
+    cv.ellipse(
+        P["hip"] + np.array([1.0, 1.0]),
+        9.5 * w.girth,
+        8.0 * w.girth,
+        angle_deg=sk.spine_angle[0] - 90,
+        fill=w.trousers,
+        region=REGION_IDS["trunk"],
+    )
 
 
 def _draw_head(cv: _Canvas, sk: Skeleton, w: Worker) -> None:
@@ -210,16 +251,38 @@ def _draw_head(cv: _Canvas, sk: Skeleton, w: Worker) -> None:
     P, hn = sk.points, REGION_IDS["head_neck"]
     ear, pitch, hs = P["ear"], sk.head_pitch, w.height_scale
     head_base = ear + 1.5 * _dir(pitch - 90) + 1.5 * _dir(pitch)
-    cv.capsule(P["c7"] + 1.5 * _dir(sk.spine_angle[-1] - 90), head_base, 4.8 * w.girth**0.5,
-               _shade(w.skin, 0.93), hn)
+    cv.capsule(
+        P["c7"] + 1.5 * _dir(sk.spine_angle[-1] - 90),
+        head_base,
+        4.8 * w.girth**0.5,
+        fill=_shade(w.skin, 0.93),
+        region=hn,
+    )
     centre = ear + hs * (2.6 * _dir(pitch) + 3.2 * _dir(pitch + 90))
-    cv.ellipse(centre + 1.8 * hs * _dir(pitch + 140), 10.2 * hs, 11.0 * hs, pitch, w.hair, hn)
-    cv.ellipse(centre + 2.2 * hs * _dir(pitch - 35), 8.8 * hs, 9.6 * hs, pitch, w.skin, hn)
-    cv.ellipse(ear, 1.4, 2.2, pitch, _shade(w.skin, 0.8), hn)
-    cv.ellipse(P["eye"], 0.9, 0.6, pitch, (30, 25, 25), hn)
+    cv.ellipse(
+        centre + 1.8 * hs * _dir(pitch + 140),
+        10.2 * hs,
+        11.0 * hs,
+        angle_deg=pitch,
+        fill=w.hair,
+        region=hn,
+    )
+    cv.ellipse(
+        centre + 2.2 * hs * _dir(pitch - 35),
+        8.8 * hs,
+        9.6 * hs,
+        angle_deg=pitch,
+        fill=w.skin,
+        region=hn,
+    )
+    cv.ellipse(ear, 1.4, 2.2, angle_deg=pitch, fill=_shade(w.skin, 0.8), region=hn)
+    cv.ellipse(P["eye"], 0.9, 0.6, angle_deg=pitch, fill=(30, 25, 25), region=hn)
     nose_tip = P["nose"] + 1.8 * _dir(pitch - 10)
-    cv.polygon([P["nose"] + 1.5 * _dir(pitch + 90), nose_tip,
-                P["nose"] - 1.5 * _dir(pitch + 90)], _shade(w.skin, 0.97), hn)
+    cv.polygon(
+        [P["nose"] + 1.5 * _dir(pitch + 90), nose_tip, P["nose"] - 1.5 * _dir(pitch + 90)],
+        _shade(w.skin, 0.97),
+        hn,
+    )
 
 
 def _camera_effects(

@@ -1,0 +1,1 @@
+"""Models: the CNN registry, linear angle/fusion models, training, precision."""

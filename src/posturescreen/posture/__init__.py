@@ -1,0 +1,1 @@
+"""Posture geometry: the pose estimator, pose tables, angles, agreement."""

@@ -1,0 +1,1 @@
+"""Using a finished study: bundles, export, prediction, the web page."""

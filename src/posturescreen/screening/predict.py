@@ -1,0 +1,301 @@
+"""Screening new photos with exported bundles: the fold-model ensemble's probability (mean
+over fold models, with their range), the decision at the bundle's threshold, an overlay
+(the fold CNNs' mean Grad-CAM, or the measured landmarks for an angle model), the angles
+measured, and for angle and fusion models the single angle change that would lower the
+predicted risk most. Faces are blurred in every picture unless asked otherwise. The same
+functions serve the CLI and the web page."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from posturescreen.data.deid import blur_chw, face_in_frame
+from posturescreen.data.images import (
+    Frame,
+    ImageReadError,
+    crop_region,
+    letterbox,
+    read_image_file,
+)
+from posturescreen.explain import compute_cams, overlay
+from posturescreen.explain.pictures import pose_overlay
+from posturescreen.files import atomic_write, atomic_write_text
+from posturescreen.models.cnn import target_layer
+from posturescreen.models.linear import RiskChange, lower_risk_change
+from posturescreen.models.training import predict_probs
+from posturescreen.posture.angles import measure
+from posturescreen.posture.estimator import PoseEstimator, PoseResult
+from posturescreen.runfolder import safe_name
+from posturescreen.screening.bundle import Bundle
+
+T = TypeVar("T")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+ANGLE_PICTURE = 256  # the side of an angle model's overlay
+
+
+class PredictionResult(BaseModel):
+    """What a prediction reports: the CLI's CSV/JSON rows and the web API's results."""
+
+    task: str
+    model: str
+    kind: Literal["cnn", "angles", "fusion"] = "cnn"
+    probability: float  # mean over the fold models
+    fold_min: float
+    fold_max: float
+    fold_probabilities: list[float]
+    threshold: float
+    decision: Literal["positive", "negative"]
+    person_found: bool | None = None  # None: the bundle does not look for a person
+    angles: dict[str, float] = Field(default_factory=dict)  # the angles measured
+    lower_risk: str | None = None  # "raise CVA by 8.0° → risk 0.61 → 0.42" (a model property)
+    lower_risk_angle: str | None = None
+    lower_risk_to: float | None = None
+    lower_risk_probability: float | None = None
+
+
+class Prediction(PredictionResult):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    cam_overlay: np.ndarray | None = Field(default=None, exclude=True, repr=False)  # RGB uint8
+
+    @property
+    def positive(self) -> bool:
+        return self.decision == "positive"
+
+    def as_dict(self) -> dict:
+        return self.model_dump()
+
+
+def read_pose(bundle: Bundle, image: Image.Image, full_size: tuple[int, int],
+              *, estimator: PoseEstimator | None) -> PoseResult | None:
+    """The person in the photo, for bundles that crop, measure angles or blur faces."""
+    if estimator is None:
+        with PoseEstimator() as own:
+            return own(image, full_size, bundle.metadata.pose.crop_margin)
+    return estimator(image, full_size, bundle.metadata.pose.crop_margin)
+
+
+def _cnn_probs(bundle: Bundle, view: Image.Image, face, with_cam: bool
+               ) -> tuple[list[float], np.ndarray | None]:
+    prep = bundle.preprocessing
+    batch = letterbox(view, prep.input_size, prep.interpolation)[None]
+    cl = bundle.metadata.preprocessing.channels_last
+    if not with_cam:
+        device = next(bundle.models[0].parameters()).device
+        return [
+            float(
+                predict_probs(
+                    m, batch, prep, device=device, batch_size=1, precision="fp32", channels_last=cl
+                )[0]
+            )
+            for m in bundle.models
+        ], None
+    # one forward+backward per fold model gives both the CAM and the logit
+    logits: list[float] = []
+    maps = [
+        compute_cams(
+            m,
+            batch,
+            prep,
+            layer=target_layer(m, bundle.metadata.architecture),
+            channels_last=cl,
+            logits_out=logits,
+        )[0]
+        for m in bundle.models
+    ]
+    # sigmoid in float32, as the study's predictions were computed
+    probs = torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()
+    return probs, overlay(blur_chw(batch[0], face), np.mean(maps, axis=0))
+
+
+def _risk(bundle: Bundle, cnn_probs: list[float]) -> Callable[[dict[str, float]], list[float]]:
+    """Fold probabilities as a function of the angles (the CNN's scores held fixed)."""
+
+    def fold_probs(values: dict[str, float]) -> list[float]:
+        return [
+            bundle.kind.probability(
+                cnn_probs[k] if cnn_probs else None, bundle.linear_parts(k), values
+            )
+            for k in range(len(bundle.metadata.folds))
+        ]
+
+    return fold_probs
+
+
+def predict_image(
+    bundle: Bundle,
+    image: Image.Image,
+    full_size: tuple[int, int] | None = None,
+    *,
+    with_cam: bool = True,
+    blur_faces: bool = True,
+    pose: PoseResult | None = None,
+    estimator: PoseEstimator | None = None,
+) -> Prediction:
+    """`image` must be upright RGB (as read_image_file / decode_image return it), decoded at
+    `bundle.decode_size`; `full_size` is the photo's full resolution (default: the image's).
+    `pose` is found with `estimator` (or a temporary one) when the bundle or the blur needs
+    it and none is given."""
+    full_size = full_size or image.size
+    meta = bundle.metadata
+    if pose is None and (bundle.needs_pose or (blur_faces and with_cam)):
+        pose = read_pose(bundle, image, full_size, estimator=estimator)
+    found = pose is not None and pose.found
+    face = pose.face_box if found and blur_faces else None
+    box = pose.box(meta.pose.crop_margin) if found and meta.pose.crop else None
+    view, region = crop_region(image, full_size, box)
+    cnn_probs, picture = [], None
+    if bundle.kind.uses_pixels:
+        frame = Frame(region, bundle.preprocessing.input_size)
+        cnn_probs, picture = _cnn_probs(bundle, view, face_in_frame(face, frame), with_cam)
+    angles: dict[str, float] = {}
+    change: RiskChange | None = None
+    if not bundle.kind.uses_angles:
+        probs = cnn_probs
+    else:
+        points = pose.visible_points(meta.pose.min_visibility) if found else {}
+        angles = {k: v for k, v in measure(points).items() if math.isfinite(v)}
+        fold_probs = _risk(bundle, cnn_probs)
+        probs = fold_probs(angles)
+        change = lower_risk_change(
+            bundle.angle_models, angles, lambda v: float(np.mean(bundle.calibrate(fold_probs(v))))
+        )
+        if with_cam and not bundle.kind.uses_pixels:  # the landmarks are the picture
+            frame = Frame(region, ANGLE_PICTURE)
+            pic = letterbox(view, ANGLE_PICTURE, "bilinear")
+            picture = pose_overlay(
+                blur_chw(pic, face_in_frame(face, frame)),
+                {k: frame.point(*v) for k, v in points.items()},
+            )
+    probs = bundle.calibrate(probs)  # the study's per-fold recalibration
+    p = float(np.mean(probs))
+    return Prediction(
+        task=meta.task,
+        model=meta.model,
+        kind=meta.kind,
+        probability=p,
+        fold_min=min(probs),
+        fold_max=max(probs),
+        fold_probabilities=probs,
+        threshold=bundle.threshold,
+        decision="positive" if p >= bundle.threshold else "negative",
+        person_found=found if pose is not None else None,
+        angles=angles,
+        lower_risk=change.sentence() if change else None,
+        lower_risk_angle=change.angle if change else None,
+        lower_risk_to=change.after if change else None,
+        lower_risk_probability=change.risk_after if change else None,
+        cam_overlay=picture,
+    )
+
+
+def decode_for_bundles(bundles: Sequence[Bundle], decode: Callable[[int], T]) -> dict[int, T]:
+    """decode(size) once per distinct study decode size among the bundles."""
+    decoded: dict[int, T] = {}
+    for b in bundles:
+        if b.decode_size not in decoded:
+            decoded[b.decode_size] = decode(b.decode_size)
+    return decoded
+
+
+def collect_photos(inputs: Sequence[Path]) -> list[Path]:
+    """Files as given; folders expanded to their image files (sorted, not recursive)."""
+    photos = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            photos += sorted(
+                p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        else:
+            photos.append(item)
+    return photos
+
+
+def predict_files(
+    photos: Sequence[Path],
+    bundles: Sequence[Bundle],
+    *,
+    out_dir: Path | None = None,
+    with_cam: bool = True,
+    progress: Callable[[int], None] | None = None,
+    blur_faces: bool = True,
+) -> pd.DataFrame:
+    """One row per photo × bundle; unreadable photos get an `error` instead of a result.
+    Overlays go to out_dir/<photo stem>_<path hash>__<task>__<model>.png: one file per
+    input photo, even for photos with the same name in other folders or formats."""
+    rows = []
+    needs_pose = any(b.needs_pose for b in bundles) or (blur_faces and with_cam)
+    estimator = PoseEstimator() if needs_pose else None
+    for path in photos:
+        try:
+            decoded = decode_for_bundles(
+                bundles, lambda size, path=path: read_image_file(Path(path), draft_size=size)
+            )
+        except ImageReadError as e:
+            rows.append({"photo": str(path), "error": str(e)})
+            if progress:
+                progress(1)
+            continue
+        poses: dict[int, PoseResult] = {}
+        for b in bundles:
+            image, full_size, _ = decoded[b.decode_size]
+            if estimator is not None and b.decode_size not in poses:
+                poses[b.decode_size] = estimator(image, full_size, b.metadata.pose.crop_margin)
+            pred = predict_image(
+                b,
+                image,
+                full_size,
+                with_cam=with_cam,
+                blur_faces=blur_faces,
+                pose=poses.get(b.decode_size),
+                estimator=estimator,
+            )
+            row = {"photo": str(path), **pred.as_dict(), "error": ""}
+            row["fold_probabilities"] = " ".join(f"{v:.6f}" for v in pred.fold_probabilities)
+            row["angles"] = " ".join(f"{k}={v:.1f}" for k, v in pred.angles.items())
+            if with_cam and out_dir is not None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                name = (
+                    f"{overlay_stem(Path(path))}__{safe_name(pred.task)}__"
+                    f"{safe_name(pred.model)}.png"
+                )
+                atomic_write(
+                    out_dir / name,
+                    lambda p, pred=pred: Image.fromarray(pred.cam_overlay).save(p, format="PNG"),
+                )
+                row["cam_overlay"] = str(out_dir / name)
+            rows.append(row)
+        if progress:
+            progress(1)
+    if estimator is not None:
+        estimator.close()
+    return pd.DataFrame(rows)
+
+
+def overlay_stem(photo: Path) -> str:
+    """A file stem unique to this photo's resolved path: `x.jpg` and `x.png`, or two `x.png`
+    in different folders, never share an overlay file."""
+    digest = hashlib.sha256(str(Path(photo).resolve()).encode()).hexdigest()[:8]
+    return f"{safe_name(Path(photo).stem)}_{digest}"
+
+
+def write_predictions(table: pd.DataFrame, out_dir: Path, fmt: Literal["csv", "json"]) -> Path:
+    """predictions.csv or .json in out_dir, written atomically."""
+    target = Path(out_dir) / f"predictions.{fmt}"
+    if fmt == "csv":
+        atomic_write_text(target, table.to_csv(index=False))
+    else:
+        atomic_write_text(target, table.to_json(orient="records", indent=2))
+    return target

@@ -1,0 +1,1 @@
+"""Statistics over arrays: metrics, the subject bootstrap, comparisons, levels."""

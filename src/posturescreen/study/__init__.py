@@ -1,0 +1,1 @@
+"""A study's stages: cohort preparation, tasks, folds, splits, jobs, executors, results."""
