@@ -148,7 +148,9 @@ def test_unknown_landmark_and_bad_rater_are_one_line(tmp_path):
 def test_store_sets_clears_and_refuses_points_outside_the_photo(tmp_path):
     store = AnnotationStore(tmp_path / "m.annotations.csv")
     store.set_point(_info(), "ear", Point("placed", 10.123, 20))
-    store.set_point(_info(), "c7", Point("not_visible"))
+    store.set_point(_info(), "c7", Point("not_visible", 5, 5))  # a position is dropped
+    with pytest.raises(AnnotationInputError, match="'maybe' is not one of"):
+        store.set_point(_info(), "c7", Point("maybe", 5, 5))
     rec = store.read().get("img/a.png", "A")
     assert rec.points == {"ear": Point("placed", 10.12, 20.0), "c7": Point("not_visible")}
     before = store.path.read_bytes()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posturescreen.data.annotations import (
+    STATUSES,
     Annotation,
     Annotations,
     Point,
@@ -99,7 +100,12 @@ class AnnotationStore:
     def set_point(self, info: PhotoInfo, name: str, point: Point | None) -> Annotation:
         """Set (or, with None, clear) one landmark of one photo × rater; returns the row as
         saved. The point must lie inside the photo."""
-        if point is not None and point.positioned:
+        if point is not None and point.status not in STATUSES:
+            raise AnnotationInputError(f"{info.image}: point {name!r}: status "
+                                       f"{point.status!r} is not one of {', '.join(STATUSES)}")
+        if point is not None and not point.positioned:
+            point = Point(point.status)  # not visible: no position, whatever was given
+        elif point is not None:
             x, y = point.x, point.y
             if x is None or y is None or not (0 <= x <= info.width and 0 <= y <= info.height):
                 raise AnnotationInputError(
