@@ -81,11 +81,12 @@ def icc_interval(pairs: np.ndarray, groups: np.ndarray, *, n_resamples: int = 20
 
 
 def angle_agreement(a: pd.DataFrame, b: pd.DataFrame, *, groups: pd.Series | None = None,
-                    n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+                    n_resamples: int = 2000, seed: int = 0,
+                    group_label: str = "workers") -> pd.DataFrame:
     """One row per angle measured by both raters on at least three photos: n, bias (b − a),
     MAE, 95% limits of agreement, ICC(2,1) with its bootstrap 95% interval, and what the
     interval resampled. `a`, `b`: angles per photo (same index); `groups`: the worker of
-    each photo (index as theirs), else photos are resampled."""
+    each photo (index as theirs; `group_label` names them), else photos are resampled."""
     common = a.index.intersection(b.index)
     rows = []
     for angle in ANGLES:
@@ -105,21 +106,22 @@ def angle_agreement(a: pd.DataFrame, b: pd.DataFrame, *, groups: pd.Series | Non
                      "loa_low": float(d.mean() - 1.96 * sd),
                      "loa_high": float(d.mean() + 1.96 * sd),
                      "icc_2_1": icc_2_1(pairs), "icc_low": low, "icc_high": high,
-                     "resampled": (f"{len(set(g))} workers" if groups is not None
+                     "resampled": (f"{len(set(g))} {group_label}" if groups is not None
                                    else f"{len(both)} photos")})
     return pd.DataFrame(rows, columns=ANGLE_COLUMNS)
 
 
 def rater_agreement(a: pd.DataFrame, b: pd.DataFrame, *, groups: pd.Series | None = None,
                     heights: pd.Series | None = None, n_resamples: int = 2000,
-                    seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    seed: int = 0, group_label: str = "workers"
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per point and per angle agreement of two raters' points tables (see
     point_agreement and angle_agreement)."""
     common = a.index.intersection(b.index)
     a, b = a.loc[common], b.loc[common]
     points = point_agreement(a, b, heights=heights)
     angles = angle_agreement(angles_of(a), angles_of(b), groups=groups,
-                             n_resamples=n_resamples, seed=seed)
+                             n_resamples=n_resamples, seed=seed, group_label=group_label)
     return points, angles
 
 

@@ -65,8 +65,12 @@ def rater_summary(annotations: Annotations, names: list[str]) -> list[dict]:
     return out
 
 
+def _group_label(column: str) -> str:
+    return "workers" if column == "subject_id" else f"{column!r} groups"
+
+
 def inter_rater(annotations: Annotations, *, groups: pd.Series | None = None,
-                n_resamples: int = 2000) -> list[dict]:
+                n_resamples: int = 2000, group_label: str = "workers") -> list[dict]:
     """The agreement tables of every pair of raters with at least three photos in common."""
     out = []
     for a, b in itertools.combinations(annotations.raters(), 2):
@@ -76,7 +80,7 @@ def inter_rater(annotations: Annotations, *, groups: pd.Series | None = None,
             continue
         heights = pd.Series({img: rec.height for img, rec in annotations.of_rater(a).items()})
         points, angles = rater_agreement(pa, pb, groups=groups, heights=heights,
-                                         n_resamples=n_resamples)
+                                         n_resamples=n_resamples, group_label=group_label)
         out.append({"raters": [a, b], "photos": len(common),
                     "points": points.to_dict(orient="records"),
                     "angles": angles.to_dict(orient="records")})
@@ -178,7 +182,8 @@ def export_annotations(manifest: Path, out: Path, *, data: DataConfig,
         "exported_rater": rater, "landmarks": names, "photos_in_manifest": len(keys),
         "raters": rater_summary(annotations, names),
         "inter_rater": inter_rater(annotations, groups=groups[~groups.index.duplicated()],
-                                   n_resamples=n_resamples),
+                                   n_resamples=n_resamples,
+                                   group_label=_group_label(subjects)),
         "inter_rater_resampling": f"workers (column {subjects!r}), {n_resamples} bootstrap "
                                   "resamples, percentile 95% interval",
     }
@@ -215,5 +220,6 @@ def two_rater_tables(manifest: Path, *, data: DataConfig, raters: list[str],
     heights = pd.Series({img: rec.height
                          for img, rec in annotations.of_rater(raters[0]).items()})
     points, angles = rater_agreement(a.loc[common], b.loc[common], groups=groups,
-                                     heights=heights, n_resamples=n_resamples)
+                                     heights=heights, n_resamples=n_resamples,
+                                     group_label=_group_label(data.subject_column))
     return points, angles, len(common)
