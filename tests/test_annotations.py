@@ -8,11 +8,15 @@ import json
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from annotate_helpers import free_port, make_manifest, put_point, start_server, wait_for_token
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from posturescreen.cli import app
@@ -117,6 +121,25 @@ def test_a_damaged_file_is_named_and_never_overwritten(tmp_path, case):
     with pytest.raises(AnnotationFileError):
         AnnotationStore(path).set_point(_info(), "ear", Point("placed", 1, 1))
     assert path.read_bytes() == content
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.integers(0, len(HEADER + GOOD * 2) - 1), st.integers(0, 6),
+       st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=4))
+def test_any_edit_of_a_file_reads_or_names_its_problem(at, cut, insert):
+    """A file edited anywhere (a character cut, a character typed) is read, or refused with
+    an AnnotationFileError: never another exception."""
+    text = HEADER + GOOD + GOOD.replace("A,", "B,")
+    edited = text[:at] + insert + text[at + cut:]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "m.annotations.csv"
+        path.write_text(edited, encoding="utf-8")
+        try:
+            ann = read_annotations(path)
+        except AnnotationFileError as e:
+            assert str(path) in str(e)
+            return
+        assert annotations_csv(read_annotations(path)) == annotations_csv(ann)
 
 
 def test_annotate_refuses_a_damaged_file_in_one_line(tmp_path):

@@ -126,7 +126,12 @@ def rater_agreement(a: pd.DataFrame, b: pd.DataFrame, *, groups: pd.Series | Non
 
 
 def _f(fmt: str, v: float) -> str:
-    return "n/a" if v is None or not np.isfinite(v) else fmt.format(v)
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    out = fmt.format(v)
+    if out.startswith("-") and float(out) == 0:  # no "-0.00"
+        out = ("+" if "+" in fmt else "") + out[1:]
+    return out
 
 
 def formatted_points(table: pd.DataFrame) -> pd.DataFrame:

@@ -125,6 +125,8 @@ class Suggestions:
         """Photo i's suggestions (computed now, ahead of the background queue)."""
         if self.suggester is None:
             return PhotoSuggestion()
+        if self._thread is None:
+            self.start(background=False)
         if i not in self._done:
             self._queue.put((0, next(self._order), i))
             self._ready[i].wait(timeout)
