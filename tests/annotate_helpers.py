@@ -72,3 +72,15 @@ def put_point(port: int, token: str, photo: int, name: str, body: str) -> int:
                                "X-Annotate-Token": token})
     with urllib.request.urlopen(req, timeout=20) as r:
         return r.status
+
+
+def fake_suggester(image, full_size):
+    """A stand-in for a learned landmark model: fixed places, confidence from brightness."""
+    w, h = full_size
+    sure = float(np.asarray(image).mean()) / 255
+    return {"ear": (0.625 * w, 0.2 * h, sure), "hip": (0.4 * w, 0.85 * h, 0.9),
+            "knee": (2.0 * w, 0.5 * h, 1.0)}  # outside the photo: no suggestion
+
+
+fake_suggester.names = ("ear", "hip", "knee")
+fake_suggester.label = "test-suggester 1"

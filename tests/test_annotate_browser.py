@@ -13,8 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import uvicorn
-from annotate_helpers import free_port, make_manifest
-from test_annotate_web import fake_suggester
+from annotate_helpers import fake_suggester, free_port, make_manifest
 
 from posturescreen.config.study import DataConfig, load_config
 from posturescreen.data.annotations import Point, annotations_path, read_annotations

@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from annotate_helpers import make_manifest
+from annotate_helpers import fake_suggester, make_manifest
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -25,25 +25,14 @@ from posturescreen.data.annotations import (
     annotations_path,
     read_annotations,
 )
+from posturescreen.data.synthetic import generate_cohort
 from posturescreen.screening.annotate.app import TOKEN_HEADER, create_app
 from posturescreen.screening.annotate.export import export_annotations
 from posturescreen.screening.annotate.session import open_session
 from posturescreen.screening.annotate.store import AnnotationStore, PhotoInfo
-from posturescreen.screening.annotate.suggest import Suggestions
+from posturescreen.screening.annotate.suggest import PoseSuggester, Suggestions
 
 NAMES = ["ear", "c7", "hip"]
-
-
-def fake_suggester(image, full_size):
-    """A stand-in for a learned landmark model: fixed places, confidence from brightness."""
-    w, h = full_size
-    sure = float(np.asarray(image).mean()) / 255
-    return {"ear": (0.625 * w, 0.2 * h, sure), "hip": (0.4 * w, 0.85 * h, 0.9),
-            "knee": (2.0 * w, 0.5 * h, 1.0)}  # outside the photo: no suggestion
-
-
-fake_suggester.names = ("ear", "hip", "knee")
-fake_suggester.label = "test-suggester 1"
 
 
 def _client(manifest, rater="A", host="127.0.0.1", suggester=fake_suggester, **kw):
@@ -166,6 +155,7 @@ def _annotate(manifest, rater, shift=0.0, photos=range(8)):
 
 
 def test_export_and_qc_and_two_rater_agreement(manifest, tmp_path):
+    original_bytes = manifest.read_bytes()
     _annotate(manifest, "A", photos=range(7))
     _annotate(manifest, "B", shift=1.5, photos=range(2, 8))
     out = tmp_path / "out" / "study.csv"
@@ -207,3 +197,30 @@ def test_export_and_qc_and_two_rater_agreement(manifest, tmp_path):
     cli_out = CliRunner().invoke(cli, ["annotate", str(manifest), "--export",
                                        str(tmp_path / "b.csv"), "--rater", "B"])
     assert cli_out.exit_code == 0 and "annotation QC" in cli_out.output, cli_out.output
+    assert manifest.read_bytes() == original_bytes  # the manifest is never rewritten
+
+
+@pytest.mark.pose
+def test_the_pose_estimator_suggests_the_points_it_knows(tmp_path):
+    manifest = generate_cohort(tmp_path / "c", n_subjects=8, seed=4, size=256, n_photos=8)
+    session = open_session(manifest, data=DataConfig(), names=["ear", "c7", "shoulder", "hip"],
+                           rater="A")
+    suggestions = Suggestions(PoseSuggester(), session.paths, session.names)
+    try:
+        assert suggestions.suggestible == ["ear", "shoulder", "hip"]  # no C7 from MediaPipe
+        truth = pd.read_csv(manifest)
+        close = 0
+        for i in range(len(session.images)):
+            got = suggestions.get(i)
+            assert got.error is None and "c7" not in got.points
+            if not got.points:
+                assert suggestions.confidence(i) == 0.0  # no person: least sure
+                continue
+            row = truth.iloc[i]
+            for n in ("ear", "shoulder", "hip"):
+                x, y, c = got.points[n]
+                assert 0 <= c <= 1
+                close += math.hypot(x - row[f"{n}_x"], y - row[f"{n}_y"]) < 0.1 * 256
+        assert close >= 3  # the estimator found the person at least once, near the truth
+    finally:
+        suggestions.close()
