@@ -140,6 +140,8 @@ def test_missing_and_vanished_photos_and_a_file_damaged_while_serving(manifest):
     r = client.put("/api/photos/0/points/ear", json={"status": "placed", "x": 3, "y": 4})
     assert r.status_code == 409 and "'plaed' is not one of" in r.json()["detail"]
     assert client.get("/api/photos/0").status_code == 409
+    assert client.get("/api/session").status_code == 409
+    assert client.get("/api/order?by=unannotated").status_code == 409
     assert path.read_text() == damaged
     sug.close()
 

@@ -23,6 +23,7 @@ from posturescreen.cli.app import (
 )
 from posturescreen.config.study import DataConfig
 from posturescreen.data.annotations import check_rater
+from posturescreen.errors import MissingExtraError
 from posturescreen.files import atomic_write_csv
 from posturescreen.posture.estimator import POINTS
 from posturescreen.posture.raters import formatted_angles, formatted_points
@@ -94,8 +95,11 @@ def annotate(
     session = open_session(manifest, data=data, names=landmarks.split(","),
                            rater=check_rater(who), annotation_file=annotations)
     wanted = suggest and any(n in POINTS for n in session.names)
-    suggestions = Suggestions(PoseSuggester() if wanted else None, session.paths,
-                              session.names)
+    try:
+        suggester = PoseSuggester() if wanted else None
+    except MissingExtraError as e:
+        fail(f"{e} (or annotate without suggestions: --no-suggest)")
+    suggestions = Suggestions(suggester, session.paths, session.names)
     for line in session.missing:
         err_console.print(f"[yellow]left out[/yellow] {line}", highlight=False)
     if host not in ("127.0.0.1", "localhost", "::1"):

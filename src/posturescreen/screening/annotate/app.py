@@ -19,7 +19,7 @@ from importlib import resources
 from typing import Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -70,6 +70,18 @@ def create_app(session: AnnotationSession, suggestions: Suggestions, *,
     label = suggestions_label(suggestions)
     page = (resources.files("posturescreen.screening.annotate").joinpath("page.html")
             .read_text("utf-8").replace("__TOKEN__", token))
+
+    @app.exception_handler(AnnotationFileError)
+    def damaged(_request, e: AnnotationFileError) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=409)
+
+    @app.exception_handler(ImageReadError)
+    def unreadable(_request, e: ImageReadError) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=422)
+
+    @app.exception_handler(OutputError)
+    def unwritable(_request, e: OutputError) -> JSONResponse:
+        return JSONResponse({"detail": f"not saved: {e}"}, status_code=507)
 
     def check_token(x_annotate_token: str = Header("", alias=TOKEN_HEADER)) -> None:
         if not secrets.compare_digest(x_annotate_token, token):
@@ -133,19 +145,13 @@ def create_app(session: AnnotationSession, suggestions: Suggestions, *,
 
     @app.get("/api/photos/{i}", dependencies=[Depends(check_token)])
     def photo(i: int) -> dict:
-        try:
-            return state(photo_index(i))
-        except (ImageReadError, AnnotationFileError) as e:
-            raise HTTPException(422 if isinstance(e, ImageReadError) else 409, str(e)) from e
+        return state(photo_index(i))
 
     @app.get("/api/photos/{i}/image", response_class=Response)
     def image(i: int, token_: str = Query("", alias="token")) -> Response:
         if not secrets.compare_digest(token_, token):
             raise HTTPException(403, "missing or wrong session token: reload the page")
-        try:
-            data = session.photo_jpeg(photo_index(i))
-        except ImageReadError as e:
-            raise HTTPException(422, str(e)) from e
+        data = session.photo_jpeg(photo_index(i))
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "no-store"})
 
@@ -158,15 +164,9 @@ def create_app(session: AnnotationSession, suggestions: Suggestions, *,
         try:
             point = _point(body, name, suggestions.get(i).points)
             session.store.set_point(session.info(i, label), name, point)
-            return state(i)
         except AnnotationInputError as e:
             raise HTTPException(422, str(e)) from e
-        except AnnotationFileError as e:
-            raise HTTPException(409, str(e)) from e
-        except ImageReadError as e:
-            raise HTTPException(422, str(e)) from e
-        except OutputError as e:
-            raise HTTPException(507, f"not saved: {e}") from e
+        return state(i)
 
     return app
 
