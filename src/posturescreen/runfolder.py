@@ -10,6 +10,7 @@ runs/<name>/
   skipped_images.csv     photos left out: unreadable (--skip-bad-images) or repeated (keep_first)
   pose.csv, angles.csv   estimator points and boxes; posture angles (landmark source named)
   no_person.csv          photos where no person was found (kept: whole scene, NaN angles)
+  annotation_qc.json     the annotation QC summary found beside the manifest (`annotate --export`)
   <task>/<model>/fold<k>/
       checkpoint.safetensors, train_log.csv, val_predictions.csv, fold.json,
       predictions.csv    written last = job done
@@ -51,6 +52,7 @@ SKIPPED_IMAGES = "skipped_images.csv"
 POSE = "pose.csv"  # the pose estimator's points and boxes per photo
 ANGLES = "angles.csv"  # posture angles per photo, and where their landmarks came from
 NO_PERSON = "no_person.csv"  # photos where the estimator found no person
+ANNOTATION_QC = "annotation_qc.json"  # copied from beside the manifest (annotate --export)
 PREDICTIONS = "predictions.csv"  # run level (all jobs) and job level (its test fold)
 WORKER_PREDICTIONS = "worker_predictions.csv"  # a worker's photos aggregated, per task × model
 CALIBRATION = "calibration.csv"  # per fold: Platt recalibration and thresholds (both levels)

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from posturescreen.cli.annotating import rater_agreement_command
 from posturescreen.cli.app import (
     ConfigOption,
     SetOption,
@@ -172,13 +173,26 @@ def agreement(
     min_visibility: Annotated[float | None, typer.Option(
         help="estimator points less visible than this are not used (default: the config's "
              "pose.min_visibility)", min=0, max=1)] = None,
+    raters: Annotated[str | None, typer.Option(
+        help="instead: two raters' agreement, e.g. --raters A,B, from the annotation file "
+             "(`posturescreen annotate`)")] = None,
+    annotations: Annotated[Path | None, typer.Option(
+        "--annotations", help="with --raters: the annotation file (default: <manifest "
+                              "stem>.annotations.csv beside the manifest)")] = None,
 ) -> None:
     """How well the pose estimator's angles agree with hand-placed landmarks: bias, MAE,
-    Bland–Altman limits and ICC(2,1) per angle."""
+    Bland–Altman limits and ICC(2,1) per angle. With --raters A,B: how two raters'
+    landmarks agree (per point and per angle, ICC with a bootstrap CI over workers)."""
     # labels are not needed here: a manifest without ch/nsp columns is fine
     cfg = study_config(config, ["data.label_columns=[]", *(overrides or [])]
                        if config is None else overrides)
     data_cfg = cfg.data
+    if raters is not None:
+        rater_agreement_command(manifest, data=data_cfg, raters=raters,
+                                annotation_file=annotations, out=out)
+        return
+    if annotations is not None:
+        fail("--annotations goes with --raters A,B (two raters' agreement)")
     if min_visibility is None:
         min_visibility = cfg.pose.min_visibility
     with progress_bar(err_console) as progress:
