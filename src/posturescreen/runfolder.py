@@ -13,6 +13,7 @@ runs/<name>/
   landmarks/             learned landmark models and the points each fold's models see
   landmark_points.csv    out-of-fold learned points (each photo by the models of its fold)
   landmark_agreement.csv, landmark_errors.csv   those angles and points vs the annotations
+  annotation_qc.json     the annotation QC summary found beside the manifest (`annotate --export`)
   <task>/<model>/fold<k>/
       checkpoint.safetensors, train_log.csv, val_predictions.csv, fold.json,
       predictions.csv    written last = job done
@@ -59,6 +60,7 @@ LANDMARK_POINTS = "landmark_points.csv"  # out-of-fold learned points per photo
 LANDMARK_AGREEMENT = "landmark_agreement.csv"  # their angles vs the annotations' (and the
 # estimator's), with ICC CIs over workers
 LANDMARK_ERRORS = "landmark_errors.csv"  # their points vs the annotations: pixels, PCK
+ANNOTATION_QC = "annotation_qc.json"  # copied from beside the manifest (annotate --export)
 PREDICTIONS = "predictions.csv"  # run level (all jobs) and job level (its test fold)
 WORKER_PREDICTIONS = "worker_predictions.csv"  # a worker's photos aggregated, per task × model
 CALIBRATION = "calibration.csv"  # per fold: Platt recalibration and thresholds (both levels)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from posturescreen.data.images import Frame
+from posturescreen.errors import PostureScreenError
 
 
 def landmark_names(columns: Sequence[str]) -> list[str]:
@@ -40,3 +41,46 @@ def frame_points(row: pd.Series, names: Sequence[str], frame: Frame | None
         return {}
     return {n: np.array(frame.point(x, y), dtype=np.float64)
             for n, (x, y) in row_points(row, names).items()}
+
+
+# Every landmark name the tool reads (the posture angles' and the pose estimator's), with
+# where a rater places it on a side-view photo. Annotation asks for these names only.
+LANDMARKS = {
+    "ear": "the tragus (the cartilage in front of the ear canal): the CVA's upper point",
+    "eye": "the eye, seen from the side (its outer corner)",
+    "nose": "the tip of the nose",
+    "c7": "the spinous process of C7, the most prominent bump at the base of the neck",
+    "shoulder": "the acromion, the tip of the shoulder",
+    "elbow": "the lateral epicondyle, the outer point of the elbow",
+    "wrist": "the wrist's outer bump (ulnar styloid)",
+    "upper_back": "the most posterior point of the upper back",
+    "hip": "the greater trochanter",
+    "knee": "the knee joint's outer line (lateral femoral epicondyle)",
+    "ankle": "the lateral malleolus",
+}
+# names raters use for a landmark that has another name here
+LANDMARK_HINTS = {"tragus": "ear", "acromion": "shoulder", "trochanter": "hip",
+                  "malleolus": "ankle"}
+
+
+class LandmarkNameError(PostureScreenError, ValueError):
+    """A landmark name the tool does not know, or one given twice."""
+
+
+def check_landmark_names(names: Sequence[str]) -> list[str]:
+    """The names, stripped and lower-cased, each known and given once; raises
+    LandmarkNameError naming the first problem."""
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip().lower()
+        if name in out:
+            raise LandmarkNameError(f"landmark {name!r} is listed twice")
+        if name not in LANDMARKS:
+            hint = (f" (here the {name} is {LANDMARK_HINTS[name]!r})"
+                    if name in LANDMARK_HINTS else "")
+            raise LandmarkNameError(f"unknown landmark {raw.strip()!r}{hint}; known: "
+                                    + ", ".join(LANDMARKS))
+        out.append(name)
+    if not out:
+        raise LandmarkNameError("no landmark names given; known: " + ", ".join(LANDMARKS))
+    return out

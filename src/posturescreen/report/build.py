@@ -17,6 +17,7 @@ from posturescreen import __version__
 from posturescreen import runfolder as rf
 from posturescreen.files import atomic_write_text
 from posturescreen.models.kinds import kind_of
+from posturescreen.report.annotation import annotation_section
 from posturescreen.report.checklist import CLAIM_TRIPOD
 from posturescreen.report.figures import (
     calibration_figure,
@@ -109,6 +110,7 @@ def build_report(run_dir: Path) -> Path:
         preds=preds,
     )
 
+    annotation = annotation_section(run_dir)
     cams = None
     cam_dir = rf.cam_dir(run_dir)
     if (cam_dir / "region_summary.csv").exists():
@@ -193,6 +195,7 @@ def build_report(run_dir: Path) -> Path:
         "folds": folds_info,
         "synthetic_data": synthetic,
         "posture": {k: v for k, v in (posture or {}).items() if k != "bland_altman"},
+        "annotation_qc": annotation,
     }
     atomic_write_text(run_dir / rf.RESULTS_JSON, json.dumps(_jsonable(results), indent=1))
 
@@ -232,6 +235,7 @@ def build_report(run_dir: Path) -> Path:
         claim=CLAIM_TRIPOD,
         folds=folds_info,
         posture=posture,
+        annotation=annotation,
         model_text={m.name: kind_of(m).describe(m) for m in cfg.models},
     )
     out = run_dir / rf.REPORT_HTML

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from posturescreen import runfolder as rf
 from posturescreen.config.study import StudyConfig
+from posturescreen.data.annotations import copy_annotation_qc
 from posturescreen.data.images import ImageCache, build_image_cache
 from posturescreen.data.manifest import (
     Manifest,
@@ -128,6 +129,7 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
             yaml.safe_dump(rf.config_record(cfg, data_hash, draft), sort_keys=False),
         )
     atomic_write_csv(run_dir / rf.COHORT, cohort.drop(columns=["image_path"]))
+    copy_annotation_qc(Path(cfg.data.manifest), run_dir / rf.ANNOTATION_QC)
     pose = None
     if recorder is not None:
         pose = pose_table(table, cfg.data.image_column, recorder)
