@@ -20,7 +20,7 @@ from posturescreen.screening.bundle import Bundle
 Points = dict[str, tuple[float, float]]
 
 
-def fold_points(bundle: Bundle, image: Image.Image, full_size: tuple[int, int],
+def fold_points(bundle: Bundle, image: Image.Image, full_size: tuple[int, int], *,
                 pose: PoseResult | None) -> list[Points]:
     """The points each fold's angle model sees on this photo."""
     meta = bundle.metadata

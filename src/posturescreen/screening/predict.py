@@ -165,7 +165,7 @@ def predict_image(
     if not bundle.kind.uses_angles:
         probs = cnn_probs
     else:
-        per_fold_points = fold_points(bundle, image, full_size, pose)
+        per_fold_points = fold_points(bundle, image, full_size, pose=pose)
         per_fold = [finite_angles(p) for p in per_fold_points]
         angles = mean_angles(per_fold)
         move = shifted(per_fold, angles)

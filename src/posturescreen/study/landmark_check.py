@@ -61,7 +61,7 @@ def learned_agreement(manifest: Path, cfg: StudyConfig, *, out: Path,
     per_fold, names = crossfit_landmarks(table, pose, fold, cfg=cfg, out=out / "landmarks",
                                          decode_size=POSE_DRAFT, console=console)
     oof = out_of_fold(per_fold)
-    angles, errors = agreement_tables(table, pose, oof, names, cfg=cfg)
+    angles, errors = agreement_tables(table, pose, oof, names=names, cfg=cfg)
     rows = oof["row"].to_numpy()
     hand = angles_from_points(points_from_columns(table.set_index("row").loc[rows], names),
                               names)

@@ -274,14 +274,14 @@ def learn_landmarks(ctx: StudyContext, console: Console | None = None
                           "landmark_source": "learned", "landmarks_found": True})
     atomic_write_csv(run_dir / rf.ANGLES, pd.concat(
         [table, angles_from_points(oof_points, names).reset_index(drop=True)], axis=1))
-    angle_table, errors = agreement_tables(cohort, ctx.pose, oof_points, names, cfg=cfg)
+    angle_table, errors = agreement_tables(cohort, ctx.pose, oof_points, names=names, cfg=cfg)
     atomic_write_csv(run_dir / rf.LANDMARK_AGREEMENT, angle_table)
     atomic_write_csv(run_dir / rf.LANDMARK_ERRORS, errors)
     return fold_angles
 
 
 def agreement_tables(cohort: pd.DataFrame, pose: pd.DataFrame | None,
-                     oof_points: pd.DataFrame, names: list[str], *, cfg: StudyConfig
+                     oof_points: pd.DataFrame, *, names: list[str], cfg: StudyConfig
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The out-of-fold learned points (and the pose estimator's, side by side) against the
     manifest's annotations: per angle (landmark_agreement.csv) and per point

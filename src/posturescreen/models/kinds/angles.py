@@ -30,7 +30,7 @@ def fit_angle_model(angles: pd.DataFrame, idx: np.ndarray, y: np.ndarray, *,
         raise PostureScreenError("no posture angle could be measured on any photo: check the "
                                  "landmark columns or the pose estimator's output (pose.csv)")
     if C == "auto":
-        C = choose_C(angles, idx, y, groups)
+        C = choose_C(angles, idx, y, groups=groups)
     return AngleModel.fit(angles.loc[idx, names].to_numpy(dtype=float), names, y, C=C)
 
 
@@ -39,8 +39,8 @@ def angle_columns(angles: pd.DataFrame, idx: np.ndarray) -> dict[str, np.ndarray
     return {c: sub[c].to_numpy(dtype=float) for c in ANGLES if c in sub}
 
 
-def cross_validated_logits(angles: pd.DataFrame, idx: np.ndarray, y: np.ndarray,
-                           groups: np.ndarray, *, C: float | str) -> np.ndarray:
+def cross_validated_logits(angles: pd.DataFrame, idx: np.ndarray, y: np.ndarray, *,
+                           groups: np.ndarray, C: float | str) -> np.ndarray:
     """Angle-model logits for the photos `idx`, each from a model fitted without its
     subject's photos (grouped k-fold, k <= 5; `C: auto` chosen inside each fit)."""
     out = np.full(len(idx), np.nan)
@@ -51,7 +51,7 @@ def cross_validated_logits(angles: pd.DataFrame, idx: np.ndarray, y: np.ndarray,
     return out
 
 
-def choose_C(angles: pd.DataFrame, idx: np.ndarray, y: np.ndarray,
+def choose_C(angles: pd.DataFrame, idx: np.ndarray, y: np.ndarray, *,
              groups: np.ndarray | None) -> float:
     """The C of C_GRID with the lowest grouped cross-validated log-loss (ties: the stronger
     penalty); 1.0 when the photos allow no such cross-validation."""
@@ -59,7 +59,7 @@ def choose_C(angles: pd.DataFrame, idx: np.ndarray, y: np.ndarray,
         return 1.0
     losses = []
     for C in C_GRID:
-        z = cross_validated_logits(angles, idx, y, groups, C=C)
+        z = cross_validated_logits(angles, idx, y, groups=groups, C=C)
         losses.append(log_loss(y, sigmoid(z), labels=[0, 1]))
     return C_GRID[int(np.argmin(losses))]
 
@@ -79,7 +79,7 @@ class AnglesKind(ModelKind):
         y = np.concatenate([split.y_train, split.y_val])
         groups = inputs.groups.loc[train].astype(str).to_numpy()
         model = fit_angle_model(angles, train, y, C=C, groups=groups)
-        cv_prob = sigmoid(cross_validated_logits(angles, train, y, groups, C=C))
+        cv_prob = sigmoid(cross_validated_logits(angles, train, y, groups=groups, C=C))
         test_prob = model.predict(model.matrix(angle_columns(angles, split.test)))
         threshold = rule_threshold(inputs.threshold, y, cv_prob)
         info = {"threshold": threshold, "threshold_rule": inputs.threshold.rule,

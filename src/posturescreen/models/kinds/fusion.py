@@ -27,8 +27,8 @@ from posturescreen.models.linear import FUSION_MODES, FusionModel
 from posturescreen.stats.metrics import rule_threshold
 
 
-def cross_validated_fusion(cnn: np.ndarray, angle_logit: np.ndarray, y: np.ndarray,
-                           groups: np.ndarray, *, C: float, mode: str) -> np.ndarray:
+def cross_validated_fusion(cnn: np.ndarray, angle_logit: np.ndarray, y: np.ndarray, *,
+                           groups: np.ndarray, C: float, mode: str) -> np.ndarray:
     """Fusion scores, each from a fusion fitted without its subject's photos (grouped k-fold,
     k <= 5); NaN when there are too few subjects."""
     k = min(5, len(np.unique(groups)))
@@ -41,13 +41,13 @@ def cross_validated_fusion(cnn: np.ndarray, angle_logit: np.ndarray, y: np.ndarr
     return out
 
 
-def choose_mode(cnn: np.ndarray, angle_logit: np.ndarray, y: np.ndarray,
-                groups: np.ndarray, *, C: float) -> tuple[str, dict[str, float]]:
+def choose_mode(cnn: np.ndarray, angle_logit: np.ndarray, y: np.ndarray, *,
+                groups: np.ndarray, C: float) -> tuple[str, dict[str, float]]:
     """The mode with the lowest grouped cross-validated log-loss (ties: both), and every
     mode's loss; `both` when the split allows no cross-validation."""
     losses = {}
     for mode in FUSION_MODES:
-        p = cross_validated_fusion(cnn, angle_logit, y, groups, C=C, mode=mode)
+        p = cross_validated_fusion(cnn, angle_logit, y, groups=groups, C=C, mode=mode)
         if not np.isfinite(p).all() or len(np.unique(y)) < 2:
             return "both", {}
         losses[mode] = float(log_loss(y, p, labels=[0, 1]))
@@ -80,18 +80,18 @@ class FusionKind(ModelKind):
         groups = inputs.groups.loc[train].astype(str).to_numpy()
         angle_model = fit_angle_model(angles, train, y, C=C, groups=groups)
         # the validation photos' angle scores from models that did not see their subject
-        a_cv = cross_validated_logits(angles, train, y, groups, C=C)
+        a_cv = cross_validated_logits(angles, train, y, groups=groups, C=C)
         a_val = a_cv[len(split.train):]
         a_test = angle_model.logit(angle_model.matrix(angle_columns(angles, split.test)))
         cnn_val = inputs.scores(inputs.model.cnn, "val", split.val)
         cnn_test = inputs.scores(inputs.model.cnn, "test", split.test)
         val_groups = groups[len(split.train):]
         fusion_C = angle_model.C  # the angle model's penalty, chosen inside the fold
-        mode, losses = choose_mode(cnn_val, a_val, split.y_val, val_groups, C=fusion_C)
+        mode, losses = choose_mode(cnn_val, a_val, split.y_val, groups=val_groups, C=fusion_C)
         fusion = FusionModel.fit(cnn_val, a_val, split.y_val, C=fusion_C, mode=mode)
         test_prob = fusion.predict(cnn_test, a_test)
         # the validation scores written (and the threshold) are cross-validated
-        val_prob = cross_validated_fusion(cnn_val, a_val, split.y_val, val_groups,
+        val_prob = cross_validated_fusion(cnn_val, a_val, split.y_val, groups=val_groups,
                                           C=fusion_C, mode=mode)
         how = "cross-validated"
         if not np.isfinite(val_prob).all():
