@@ -117,7 +117,8 @@ def estimator_study(tmp_path_factory):
 @pytest.mark.parametrize("model", ["angles", "fused"])
 def test_angle_and_fusion_bundles_reproduce_the_study(estimator_study, model):
     root, manifest = estimator_study
-    bundle = load_bundle(export_bundle(root / "run", task="CH", model=model, out=root / f"b_{model}.zip"))
+    bundle = load_bundle(export_bundle(root / "run", task="CH", model=model,
+                                       out=root / f"b_{model}.zip"))
     meta = json.loads(bundle.metadata.model_dump_json())
     assert meta["kind"] == ("angles" if model == "angles" else "fusion")
     assert meta["pose"]["landmark_source"] == "estimator"

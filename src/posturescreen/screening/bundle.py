@@ -16,13 +16,13 @@ extracted, and every weights file must match its checksum and the architecture.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 from pydantic import (
     BaseModel,
@@ -42,6 +42,7 @@ from posturescreen.models.cnn import Preprocessing, UnknownModelError, build_mod
 from posturescreen.models.kinds import LinearParts, ModelKind, kind_of
 from posturescreen.models.linear import AngleModel, FusionModel
 from posturescreen.posture.estimator import POSE_DRAFT
+from posturescreen.stats.links import logit, sigmoid
 
 BUNDLE_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # format 1: CNN bundles of earlier versions (no crop, no angles)
@@ -243,14 +244,14 @@ class Bundle:
                       self.angle_models[k:k + 1], self.fusions[k:k + 1])
 
     def calibrate(self, fold_probs: list[float]) -> list[float]:
-        """Each fold model's probability through that fold's recalibration."""
-        out = []
-        for p, f in zip(fold_probs, self.metadata.folds, strict=True):
-            c = f.calibration
-            q = min(max(float(p), 1e-7), 1 - 1e-7)
-            z = c.slope * math.log(q / (1 - q)) + c.intercept
-            out.append(1.0 / (1.0 + math.exp(-z)))
-        return out
+        """Each fold model's probability through that fold's recalibration (the study's
+        Calibrator: the same link, so a slope of 487 saturates instead of overflowing)."""
+        folds = self.metadata.folds
+        if len(fold_probs) != len(folds):
+            raise ValueError(f"{len(fold_probs)} probabilities for {len(folds)} folds")
+        slope = np.array([f.calibration.slope for f in folds])
+        intercept = np.array([f.calibration.intercept for f in folds])
+        return sigmoid(slope * logit(np.asarray(fold_probs, dtype=float)) + intercept).tolist()
 
     @property
     def needs_pose(self) -> bool:
