@@ -50,8 +50,10 @@ def _fit_logistic(X: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, f
     return lr.coef_[0].astype(float), float(lr.intercept_[0])
 
 
-_Finite = Annotated[float, Field(allow_inf_nan=False)]
-_Scale = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# bounds far beyond any fitted model's, tight enough that no sum of products overflows:
+# a bundle's numbers then always give a finite probability
+_Finite = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+_Scale = Annotated[float, Field(ge=1e-9, le=1e6, allow_inf_nan=False)]
 
 
 class _Numbers(BaseModel):

@@ -66,11 +66,13 @@ class BundleError(PostureScreenError):
 
 
 class _Meta(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # a number in a bundle is never NaN or infinite (NaN >= threshold is False: "negative")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
 _Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
 class BundlePreprocessing(_Meta):
@@ -86,7 +88,7 @@ class BundlePreprocessing(_Meta):
 
 class BundleThreshold(_Meta):
     value: float = Field(ge=0.0, le=1.0)
-    per_fold: list[float] = Field(default_factory=list)
+    per_fold: list[_Share] = Field(default_factory=list)
     rule: str
     how: str
 
@@ -106,11 +108,11 @@ class OperatingPoint(_Meta):
     threshold: float = Field(ge=0.0, le=1.0)
     level: Literal["photo"] = "photo"
     n: int = Field(ge=0)
-    Sen: float | None = None
-    Spe: float | None = None
-    PPV: float | None = None
-    NPV: float | None = None
-    ACC: float | None = None
+    Sen: _Share | None = None
+    Spe: _Share | None = None
+    PPV: _Share | None = None
+    NPV: _Share | None = None
+    ACC: _Share | None = None
 
 
 class BundleFold(_Meta):
@@ -257,6 +259,12 @@ class Bundle:
     def needs_pose(self) -> bool:
         return self.metadata.pose.crop or self.kind.uses_angles
 
+    @property
+    def needs_person(self) -> bool:
+        """No score without a person: angles (and a fusion's) are measured on one, and a
+        CNN with the person crop was trained on people cut from the scene."""
+        return self.needs_pose
+
 
 def read_metadata(path: Path, shown: Path) -> BundleMetadata:
     """metadata.json validated; errors name the bundle and the field."""
@@ -325,6 +333,12 @@ def _load_fold_model(folder: Path, fold: BundleFold, meta: BundleMetadata, shown
     except (SafetensorError, OSError, ValueError) as e:
         raise BundleError(f"{shown}: {fold.file} is not a readable safetensors file "
                           f"({e})") from e
+    broken = [k for k, t in state.items()
+              if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise BundleError(f"{shown}: {fold.file} holds NaN or infinite weights (in "
+                          f"{broken[0]}{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}"
+                          "); re-export it from a finished study")
     try:
         model, _ = build_model(meta.architecture, "none")
     except UnknownModelError as e:
