@@ -124,11 +124,15 @@ def test_angle_and_fusion_bundles_reproduce_the_study(estimator_study, model):
     assert meta["pose"]["landmark_source"] == "estimator"
     preds = pd.read_csv(root / "run" / "predictions.csv")
     preds = preds[preds.model == model]
+    found = pd.read_csv(root / "run" / "pose.csv").set_index("image")["person_found"]
     for k in (0, 1):
         single = bundle.only_fold(k)
         for r in preds[preds.fold == k].head(3).itertuples():
             img, full, _ = read_image_file(manifest.parent / r.image, draft_size=bundle.decode_size)
             pred = predict_image(single, img, full)
+            if not found[r.image]:  # the study imputed its angles; a bundle gives no score
+                assert pred.status == "no_person" and pred.lower_risk is None
+                continue
             assert pred.probability == pytest.approx(r.prob, abs=1e-6)
             # with several angles in the model, one of them can always move within its
             # training range towards lower risk
