@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from pandas.api.types import is_object_dtype, is_string_dtype
 
 from posturescreen import runfolder as rf
 from posturescreen.errors import PostureScreenError
@@ -58,7 +59,7 @@ def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
     """A copy whose text cells never start like a spreadsheet formula (a quote put first)."""
     out = table.copy()
     for column in out.columns:
-        if out[column].dtype == object:
+        if is_object_dtype(out[column]) or is_string_dtype(out[column]):
             out[column] = out[column].map(
                 lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v)
     return out
