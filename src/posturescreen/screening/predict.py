@@ -321,6 +321,8 @@ def _predict_photo(path: Path, bundles: Sequence[Bundle], *, estimator: PoseEsti
         row = {"photo": str(path), **pred.as_dict()}
         row["fold_probabilities"] = " ".join(f"{v:.6f}" for v in pred.fold_probabilities)
         row["angles"] = " ".join(f"{k}={v:.1f}" for k, v in pred.angles.items())
+        if out_dir is not None:
+            row["cam_overlay"] = None  # no picture unless scored
         if out_dir is not None and pred.cam_overlay is not None:
             name = f"{overlay_stem(path)}__{safe_name(pred.task)}__{safe_name(pred.model)}.png"
             atomic_write(out_dir / name,
