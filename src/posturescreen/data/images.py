@@ -94,12 +94,12 @@ def decode_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
             width, height = img.size
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: 90° turns
-                width, height = height, width
             if draft_size and img.format == "JPEG":
                 # let libjpeg decode at a reduced scale: much faster for big photos
                 img.draft("RGB", (draft_size, draft_size))
-            _check_decoded_bytes(img, name)
+            _check_decoded_bytes(img, name)  # before getexif: a PNG's decodes the pixels
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: 90° turns
+                width, height = height, width
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img), (width, height)
