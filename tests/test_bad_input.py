@@ -335,3 +335,16 @@ def test_a_16_bit_photo_too_big_to_decode_is_refused_before_decoding(tmp_path, m
     r = client.post("/api/predict", content=photo.read_bytes(),
                     headers={"content-type": "image/png"})
     assert r.status_code == 422 and "would take" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("column", ["row", "image_path"])
+def test_a_manifest_column_named_like_ours_is_named_not_replaced(tmp_path, column):
+    # `row` made pandas raise (a traceback); `image_path` was silently replaced
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    manifest = _manifest(tmp_path, ["a.jpg"])
+    table = pd.read_csv(manifest)
+    table[column] = "mine"
+    table.to_csv(manifest, index=False)
+    result = CliRunner().invoke(app, ["validate", str(manifest)])
+    assert result.exit_code == 2, result.output
+    assert f"row 1: column '{column}' is a name posturescreen adds" in result.output

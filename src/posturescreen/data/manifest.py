@@ -20,6 +20,7 @@ from posturescreen.data.images import ImageReadError, photo_file_problem, read_i
 from posturescreen.errors import PostureScreenError
 from posturescreen.files import InputFileError, read_input_file
 
+OWN_COLUMNS = ("row", "image_path")  # what load_manifest adds to every table
 MAX_MANIFEST_BYTES = 512 * 2**20  # a million rows of a few hundred bytes each
 _TRUE_VALUES = {"1", "1.0"}
 _FALSE_VALUES = {"0", "0.0"}
@@ -163,6 +164,11 @@ def load_manifest(
     table, problems = _read_csv(path)
     if table is None:
         raise ManifestError(path, problems)
+    taken = [c for c in OWN_COLUMNS if c in table.columns]
+    if taken:  # ours would replace the user's column (or, for `row`, fail to be added)
+        raise ManifestError(path, [Problem(f"column {c!r} is a name posturescreen adds to "
+                                           "the table itself; rename that column", 1)
+                                   for c in taken])
 
     subject_col, image_col = data.subject_column, data.image_column
     label_cols = (
