@@ -263,6 +263,15 @@ def test_page_in_headless_chromium(bundle, study, tmp_path, chromium_browser):
         shot = Path(os.environ.get("POSTURESCREEN_SCREENSHOTS", tmp_path)) / "serve.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot), full_page=True)
+        # a photo with nobody in it: no percentage, decision, advice or picture
+        blank = tmp_path / "blank.jpg"
+        blank.write_bytes(_jpeg_with_gps())
+        page.set_input_files("#file", str(blank))
+        page.wait_for_selector(".result[data-status=no_person]", timeout=60_000)
+        card = page.text_content(".result")
+        assert "No score" in card and "No person found in the photo" in card
+        assert "%" not in card and "lower" not in card
+        assert page.query_selector(".result img") is None
     finally:
         server.should_exit = True
         thread.join(timeout=10)
