@@ -273,13 +273,14 @@ def predict_files(
     Overlays go to out_dir/<photo stem>_<path hash>__<task>__<model>.png: one file per input
     photo, even for photos with the same name in other folders or formats."""
     rows = []
-    needs_pose = any(b.needs_pose for b in bundles) or (blur_faces and with_cam)
+    pictures = with_cam and out_dir is not None
+    needs_pose = any(b.needs_pose for b in bundles) or (blur_faces and pictures)
     estimator = PoseEstimator() if needs_pose else None
-    finder = FaceFinder(estimator) if blur_faces and with_cam else None
+    finder = FaceFinder(estimator) if blur_faces and pictures else None
     try:
         for path in photos:
             rows += _predict_photo(Path(path), bundles, estimator=estimator, finder=finder,
-                                   out_dir=out_dir if with_cam else None,
+                                   out_dir=out_dir if pictures else None,
                                    blur_faces=blur_faces)
             if progress:
                 progress(1)
@@ -313,7 +314,7 @@ def _predict_photo(path: Path, bundles: Sequence[Bundle], *, estimator: PoseEsti
             pred = predict_image(b, image, full_size, with_cam=out_dir is not None,
                                  blur_faces=blur_faces, pose=poses.get(b.decode_size),
                                  estimator=estimator, faces=faces.get(b.decode_size))
-        except Exception as e:  # noqa: BLE001 - one photo's failure never ends the batch
+        except Exception as e:  # one photo's failure never ends the batch
             rows.append({"photo": str(path), "task": b.metadata.task, "model": b.metadata.model,
                          "kind": b.metadata.kind, "status": "error",
                          "error": f"{path}: could not be scored ({type(e).__name__}: {e})"})

@@ -198,7 +198,7 @@ def create_app(bundles: list[Bundle], *, max_upload_bytes: int = 20 * 2**20,
             pose, faces = seen[bundle.decode_size]
             p = predict_image(bundle, image, full_size, blur_faces=blur_faces, pose=pose,
                               estimator=estimator[0] if estimator else None, faces=faces)
-        except Exception as e:  # noqa: BLE001 - the other bundles still answer
+        except Exception as e:  # the other bundles still answer
             log.exception("%s: prediction failed", bundle.name)
             return TaskResult(task=bundle.metadata.task, model=bundle.metadata.model,
                               kind=bundle.metadata.kind, status="error",
