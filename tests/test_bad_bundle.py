@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from fake_bundle import make_bundle, read_metadata, write_metadata
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from posturescreen.cli import app
@@ -38,7 +40,48 @@ def _truncate_keeping_checksum(meta, folder):
     meta["folds"][0]["sha256"] = sha256_file(weights)
 
 
+def _nan_weights_keeping_checksum(meta, folder):
+    """A bundle exported with a NaN in its weights: the checksum matches, the numbers don't."""
+    weights = folder / "fold0.safetensors"
+    state = load_file(str(weights))
+    name = next(k for k, t in state.items() if t.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(weights))
+    meta["folds"][0]["sha256"] = sha256_file(weights)
+
+
+_ANGLES = {"features": ["cva"], "medians": [50.0], "means": [50.0], "scales": [5.0],
+           "coef": [1.0], "intercept": 0.0, "low": [40.0], "high": [60.0]}
+_FUSION = {"means": [0.0, 0.0], "scales": [1.0, 1.0], "coef": [1.0, 1.0], "intercept": 0.0}
+
+
+def _fusion_with(**numbers):
+    """A fusion bundle whose fold 0 carries the given fusion numbers (the rest valid)."""
+    def edit(meta, folder):
+        meta.update(kind="fusion", model="fused", cnn="test_resnet",
+                    pose={"crop": True, "landmark_source": "estimator"})
+        for f in meta["folds"]:
+            f.update(angles=dict(_ANGLES), fusion=dict(_FUSION))
+        meta["folds"][0]["fusion"].update(numbers)
+    return edit
+
+
 CASES = {
+    "NaN in the weights (checksum matching)": (_nan_weights_keeping_checksum,
+                                               "fold0.safetensors holds NaN or infinite weights"),
+    "NaN fusion weight": (_fusion_with(coef=[float("nan"), 1.0]),
+                          "folds.0.fusion.coef.0: Input should be a finite number"),
+    "infinite fusion intercept": (_fusion_with(intercept=float("inf")),
+                                  "folds.0.fusion.intercept"),
+    "a fusion weight of 1e308": (_fusion_with(coef=[1e308, 1e308]),
+                                 "folds.0.fusion.coef.0: Input should be less than or equal"),
+    "a scale of 1e-300": (_fusion_with(scales=[1e-300, 1.0]), "folds.0.fusion.scales.0"),
+    "NaN per-fold threshold": (lambda m, f: m["threshold"].update(per_fold=[float("nan")] * 2),
+                               "threshold.per_fold.0: Input should be a finite number"),
+    "a sensitivity of 7": (lambda m, f: m.update(operating_point={
+        "rule": "r", "threshold": 0.5, "n": 10, "Sen": 7}), "operating_point.Sen"),
+    "NaN recalibration": (lambda m, f: m["folds"][0].update(
+        calibration={"slope": float("nan"), "intercept": 0}), "folds.0.calibration.slope"),
     "truncated weights whose sha matches": (_truncate_keeping_checksum,
                                             "fold0.safetensors is not a readable safetensors"),
     "another architecture": (lambda m, f: m.update(model="test_efficientnet"),

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from posturescreen.config.study import ModelConfig, ThresholdConfig, TrainConfig, load_config
 from posturescreen.data.images import read_image_file
@@ -116,11 +117,15 @@ def test_angle_and_fusion_bundles_reproduce_the_study(estimator_study, model):
     assert meta["pose"]["landmark_source"] == "estimator"
     preds = pd.read_csv(run / "predictions.csv")
     preds = preds[preds.model == model]
+    found = pd.read_csv(run / "pose.csv").set_index("image")["person_found"]
     for k in (0, 1):
         single = bundle.only_fold(k)
         for r in preds[preds.fold == k].head(3).itertuples():
             img, full, _ = read_image_file(manifest.parent / r.image, draft_size=bundle.decode_size)
             pred = predict_image(single, img, full)
+            if not found[r.image]:  # the study imputed its angles; a bundle gives no score
+                assert pred.status == "no_person" and pred.lower_risk is None
+                continue
             assert pred.probability == pytest.approx(r.prob, abs=1e-6)
             # with several angles in the model, one of them can always move within its
             # training range towards lower risk
@@ -169,3 +174,35 @@ def test_web_api_reports_angles_and_the_change_that_lowers_the_risk(estimator_st
     assert result["lower_risk_probability"] < result["probability"]
     models = client.get("/api/models").json()
     assert models[0]["sensitivity"] is not None
+
+
+@pytest.mark.parametrize("model", ["angles", "fused"])
+def test_no_score_and_no_advice_without_a_person(estimator_study, model, tmp_path):
+    # a black image used to get p = 0.141 and "raise head tilt by 15.8°" from an angle
+    # bundle (every angle imputed), and p = 0.500 from a fusion bundle
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from posturescreen.cli import app
+    from posturescreen.screening.web.app import create_app
+
+    _, _, run = estimator_study
+    folder = export_bundle(run, task="CH", model=model, out=tmp_path / "b")
+    black = tmp_path / "black.png"
+    Image.new("RGB", (160, 160)).save(black)
+    result = CliRunner().invoke(app, ["predict", str(black), "--bundle", str(folder),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output  # nothing was scored
+    assert f"black.png  CH/{model}: no person found → no score" in result.output
+    assert "p=" not in result.output and "lower the risk" not in result.output
+    row = pd.read_csv(tmp_path / "out" / "predictions.csv").iloc[0]
+    assert row["status"] == "no_person"
+    assert row[["probability", "decision", "lower_risk", "cam_overlay"]].isna().all()
+    client = TestClient(create_app([load_bundle(folder)]), base_url="http://127.0.0.1")
+    r = client.post("/api/predict", content=black.read_bytes(),
+                    headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    assert res["status"] == "no_person" and res["person_found"] is False
+    assert res["probability"] is None and res["decision"] is None
+    assert res["lower_risk"] is None and res["cam_overlay_png"] is None and not res["angles"]

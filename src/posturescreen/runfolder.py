@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -45,8 +44,11 @@ import yaml
 from pydantic import ValidationError
 
 from posturescreen import __version__
+from posturescreen.config.names import safe_name
 from posturescreen.config.study import StudyConfig
 from posturescreen.errors import PostureScreenError
+
+__all__ = ["safe_name"]  # task and model names as folder names (config.names)
 
 CONFIG = "config.yaml"
 COHORT = "cohort.csv"
@@ -91,11 +93,6 @@ class RunFolderConflict(RunFolderError):
 
 class NotARunFolder(RunFolderError):
     """The folder is not (yet) a posturescreen run folder."""
-
-
-def safe_name(name: str) -> str:
-    """A task or model name as a folder name."""
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ from pydantic import (
     model_validator,
 )
 
+from posturescreen.config.names import (
+    MAX_NAME,
+    check_model_name,
+    check_task_name,
+    sharing_a_folder,
+)
 from posturescreen.config.overrides import (
     apply_model_override,
     format_validation_error,
@@ -63,20 +69,23 @@ def _check_query(text: str | None) -> str | None:
 
 
 class TaskConfig(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_+\-]+$",
-                      description="the task's name in tables, folders and bundles")
+    name: str = Field(min_length=1, max_length=MAX_NAME,
+                      description="the task's name in tables, folders and bundles: letters, "
+                      "digits, _ + -, starting with a letter or digit")
     positive: str = Field(description="query selecting the positive photos (README: Tasks)")
     negative: str | None = Field(
         None, description="query selecting the negatives; default from `negatives`"
     )
 
     _queries = field_validator("positive", "negative")(_check_query)
+    _name = field_validator("name")(check_task_name)
 
 
 class ModelConfig(_Strict):
-    name: str = Field(min_length=1, max_length=200, description="cnn: a torchvision/timm "
-                      "architecture (vgg19, resnet50, efficientnet_b5, any timm name); angles "
-                      "and fusion: any name")
+    name: str = Field(min_length=1, max_length=MAX_NAME,
+                      description="cnn: a torchvision/timm architecture (vgg19, resnet50, "
+                      "efficientnet_b5, any timm name); angles and fusion: any name of "
+                      "letters, digits, _ . + -, starting with a letter or digit")
     kind: Literal["cnn", "angles", "fusion"] = Field(
         "cnn",
         description="cnn: a CNN on the photo (name = torchvision/timm architecture); angles: "
@@ -86,7 +95,9 @@ class ModelConfig(_Strict):
     pretrained: str = Field("imagenet", description="cnn: imagenet | none | path to a weights file")
     image_size: int | None = Field(
         None, ge=16, le=2048, description="cnn: default from the weights' metadata")
-    cnn: str | None = Field(None, description="fusion: the name of this study's CNN to fuse")
+    cnn: str | None = Field(None, max_length=MAX_NAME,
+                            description="fusion: the name of this study's CNN to fuse")
+    _names = field_validator("name", "cnn")(check_model_name)
     C: float | Literal["auto"] = Field(
         "auto", description="angles/fusion: the angle model's inverse L2 penalty; auto: "
         "chosen inside each training fold by a grouped cross-validation (log-loss) among "
@@ -288,6 +299,9 @@ class StudyConfig(_Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind} names must be unique, repeated: {dupes}")
+            for group in sharing_a_folder(names):
+                raise ValueError(f"{kind} names {' and '.join(map(repr, group))} would share "
+                                 "one folder (folder names ignore case); rename one")
         cnns = {m.name for m in self.models if m.kind == "cnn"}
         for m in self.models:
             if m.kind == "fusion" and m.cnn not in cnns:

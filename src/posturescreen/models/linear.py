@@ -25,37 +25,35 @@ from sklearn.linear_model import LogisticRegression
 
 from posturescreen.errors import PostureScreenError
 from posturescreen.posture.angles import ANGLES, SHORT_NAMES, UNITS
+from posturescreen.stats.links import logit, sigmoid
 
 MIN_OBSERVED = 0.5  # an angle measured in fewer training photos than this share is dropped
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+# the fusion's CNN logit clips at 1e-6, not links' 1e-7: exported fusion bundles standardised
+# the logit clipped there, so another value would change what their numbers mean
+CNN_LOGIT_EPS = 1e-6
 
 
 def _cnn_logit(p: np.ndarray) -> np.ndarray:
     """A CNN's probability is a float32 (training.predict_probs): reading it as exactly that
     float32, whether it comes from a CSV's text or a fresh forward pass, makes a fusion give
     the same number in the study and in a bundle."""
-    return _logit(np.asarray(p, dtype=np.float32).astype(np.float64))
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=float)))
+    return logit(np.asarray(p, dtype=np.float32).astype(np.float64), eps=CNN_LOGIT_EPS)
 
 
 def _fit_logistic(X: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, float]:
     if len(np.unique(y)) < 2:  # one class: a constant model at the observed rate
-        rate = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-        return np.zeros(X.shape[1]), float(math.log(rate / (1 - rate)))
+        return np.zeros(X.shape[1]), float(logit(y.mean(), eps=1e-3))
     lr = LogisticRegression(C=C, max_iter=5000)
     lr.fit(X, y)
     return lr.coef_[0].astype(float), float(lr.intercept_[0])
 
 
-_Finite = Annotated[float, Field(allow_inf_nan=False)]
-_Scale = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# bounds far beyond any fitted model's, tight enough that no sum of products overflows:
+# a bundle's numbers then always give a finite probability
+_Finite = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+_Scale = Annotated[float, Field(ge=1e-9, le=1e6, allow_inf_nan=False)]
 
 
 class _Numbers(BaseModel):

@@ -13,7 +13,7 @@ from sklearn.metrics import brier_score_loss
 
 from posturescreen import runfolder as rf
 from posturescreen.config.study import StudyConfig
-from posturescreen.stats.levels import logit
+from posturescreen.stats.links import logit
 from posturescreen.stats.metrics import format_estimate, paper_table
 from posturescreen.study.results import LEVEL_TEXT, levels_in_order
 

@@ -16,13 +16,13 @@ extracted, and every weights file must match its checksum and the architecture.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 from pydantic import (
     BaseModel,
@@ -48,6 +48,7 @@ from posturescreen.screening.bundle_landmarks import (
     LandmarkBundleError,
     load_landmark_nets,
 )
+from posturescreen.stats.links import logit, sigmoid
 
 BUNDLE_FORMAT = 3  # 3: learned landmark models
 READABLE_FORMATS = (1, 2, 3)  # 1: CNN bundles of earlier versions (no crop, no angles)
@@ -71,11 +72,13 @@ class BundleError(PostureScreenError):
 
 
 class _Meta(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # a number in a bundle is never NaN or infinite (NaN >= threshold is False: "negative")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
 _Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
 class BundlePreprocessing(_Meta):
@@ -91,7 +94,7 @@ class BundlePreprocessing(_Meta):
 
 class BundleThreshold(_Meta):
     value: float = Field(ge=0.0, le=1.0)
-    per_fold: list[float] = Field(default_factory=list)
+    per_fold: list[_Share] = Field(default_factory=list)
     rule: str
     how: str
 
@@ -111,11 +114,11 @@ class OperatingPoint(_Meta):
     threshold: float = Field(ge=0.0, le=1.0)
     level: Literal["photo"] = "photo"
     n: int = Field(ge=0)
-    Sen: float | None = None
-    Spe: float | None = None
-    PPV: float | None = None
-    NPV: float | None = None
-    ACC: float | None = None
+    Sen: _Share | None = None
+    Spe: _Share | None = None
+    PPV: _Share | None = None
+    NPV: _Share | None = None
+    ACC: _Share | None = None
 
 
 class BundleFold(_Meta):
@@ -259,18 +262,24 @@ class Bundle:
                       self.angle_models[k:k + 1], self.fusions[k:k + 1], self.landmark_nets)
 
     def calibrate(self, fold_probs: list[float]) -> list[float]:
-        """Each fold model's probability through that fold's recalibration."""
-        out = []
-        for p, f in zip(fold_probs, self.metadata.folds, strict=True):
-            c = f.calibration
-            q = min(max(float(p), 1e-7), 1 - 1e-7)
-            z = c.slope * math.log(q / (1 - q)) + c.intercept
-            out.append(1.0 / (1.0 + math.exp(-z)))
-        return out
+        """Each fold model's probability through that fold's recalibration (the study's
+        Calibrator: the same link, so a slope of 487 saturates instead of overflowing)."""
+        folds = self.metadata.folds
+        if len(fold_probs) != len(folds):
+            raise ValueError(f"{len(fold_probs)} probabilities for {len(folds)} folds")
+        slope = np.array([f.calibration.slope for f in folds])
+        intercept = np.array([f.calibration.intercept for f in folds])
+        return sigmoid(slope * logit(np.asarray(fold_probs, dtype=float)) + intercept).tolist()
 
     @property
     def needs_pose(self) -> bool:
         return self.metadata.pose.crop or self.kind.uses_angles
+
+    @property
+    def needs_person(self) -> bool:
+        """No score without a person: angles (and a fusion's) are measured on one, and a
+        CNN with the person crop was trained on people cut from the scene."""
+        return self.needs_pose
 
 
 def read_metadata(path: Path, shown: Path) -> BundleMetadata:
@@ -340,6 +349,12 @@ def _load_fold_model(folder: Path, fold: BundleFold, meta: BundleMetadata, shown
     except (SafetensorError, OSError, ValueError) as e:
         raise BundleError(f"{shown}: {fold.file} is not a readable safetensors file "
                           f"({e})") from e
+    broken = [k for k, t in state.items()
+              if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise BundleError(f"{shown}: {fold.file} holds NaN or infinite weights (in "
+                          f"{broken[0]}{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}"
+                          "); re-export it from a finished study")
     try:
         model, _ = build_model(meta.architecture, "none")
     except UnknownModelError as e:

@@ -25,14 +25,11 @@ import pandas as pd
 from scipy.optimize import brentq
 from sklearn.linear_model import LogisticRegression
 
+from posturescreen.stats.links import logit, sigmoid
 from posturescreen.stats.metrics import ThresholdRule, auc_score, rule_threshold
 from posturescreen.stats.resampling import stratified_auc
 
-
-def logit(p: np.ndarray) -> np.ndarray:
-    """log(p / (1 − p)), p clipped to [1e-7, 1 − 1e-7] so 0 and 1 stay finite."""
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
+__all__ = ["Calibrator", "auc_pooling", "level_predictions", "logit"]
 
 
 @dataclass(frozen=True)
@@ -63,12 +60,11 @@ class Calibrator:
         rate = float(np.clip(y.mean(), 1e-3, 1 - 1e-3)) if len(y) else 0.5
         if not len(z):
             return cls(1.0, 0.0, note)
-        b = brentq(lambda b: float(np.mean(1 / (1 + np.exp(-(z + b))))) - rate, -50, 50)
+        b = brentq(lambda b: float(np.mean(sigmoid(z + b))) - rate, -50, 50)
         return cls(1.0, float(b), note)
 
     def __call__(self, prob: np.ndarray) -> np.ndarray:
-        z = self.slope * logit(prob) + self.intercept
-        return 1.0 / (1.0 + np.exp(-z))
+        return sigmoid(self.slope * logit(prob) + self.intercept)
 
     def to_dict(self) -> dict[str, float | str]:
         return asdict(self)

@@ -13,9 +13,10 @@ from sklearn.model_selection import GroupKFold
 from posturescreen.config.study import ModelConfig
 from posturescreen.errors import PostureScreenError
 from posturescreen.models.kinds.base import FoldFit, FoldInputs, LinearParts, ModelKind
-from posturescreen.models.linear import AngleModel, sigmoid
+from posturescreen.models.linear import AngleModel
 from posturescreen.posture.angles import ANGLES
 from posturescreen.posture.tables import angle_features
+from posturescreen.stats.links import sigmoid
 from posturescreen.stats.metrics import rule_threshold
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 penalties `C: auto` chooses among
