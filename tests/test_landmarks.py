@@ -186,3 +186,23 @@ def test_agreement_command_trains_learned_landmarks_out_of_fold(learned_study, t
     errors = pd.read_csv(out / "point_errors.csv")
     assert set(errors.loc[errors.source == "learned", "landmark"]) >= {"ear", "c7"}
     assert (out / "angles_learned.csv").is_file() and (out / "bland_altman.png").is_file()
+
+
+@pytest.mark.pose
+def test_a_learned_bundle_suggests_every_annotated_landmark(learned_study, tmp_path):
+    from posturescreen.screening.annotate.learned import LearnedSuggester
+
+    root, manifest, run = learned_study
+    bundle = export_bundle(run, task="CH", model="angles", out=tmp_path / "b")
+    suggester = LearnedSuggester(bundle)
+    table = pd.read_csv(manifest)
+    img, full, _ = read_image_file(manifest.parent / table.at[0, "image"])
+    suggested = suggester(img, full)
+    suggester.close()
+    assert set(suggested) == set(suggester.names) and "c7" in suggested  # MediaPipe has none
+    for x, y, confidence in suggested.values():
+        assert np.isfinite([x, y]).all() and 0 <= confidence <= 1
+    assert "learned landmarks" in suggester.label
+    cnn = export_bundle(run, task="CH", model="test_resnet", out=tmp_path / "cnn")
+    with pytest.raises(Exception, match="no learned landmark models"):
+        LearnedSuggester(cnn)
