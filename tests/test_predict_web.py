@@ -62,20 +62,39 @@ def test_bundle_metadata_and_zip(study, tmp_path):
         load_bundle(tampered)
 
 
-def test_bundle_operating_point_is_its_own_rule_on_the_out_of_fold_photos(study, bundle):
-    root, _, _ = study
+def test_bundle_states_its_fold_rules_and_predict_makes_the_studys_decisions(study, bundle):
+    """The exported rules are the evaluated ones: cut to fold k, the bundle decides each of
+    fold k's photos exactly as the study did, and the operating point it states is the
+    study's photo-level Sen/Spe of those decisions, with their CIs."""
+    root, manifest, _ = study
     op = bundle.metadata.operating_point
     preds = pd.read_csv(root / "run" / "predictions.csv")
     g = preds[(preds.task == "CH") & (preds.model == "test_resnet")]
-    decide = g["prob"] >= op.threshold  # the rule the bundle states, on recalibrated probs
-    tp, fn = (decide & (g.label == 1)).sum(), (~decide & (g.label == 1)).sum()
-    tn, fp = (~decide & (g.label == 0)).sum(), (decide & (g.label == 0)).sum()
+    tp, fn = ((g.pred == 1) & (g.label == 1)).sum(), ((g.pred == 0) & (g.label == 1)).sum()
+    tn, fp = ((g.pred == 0) & (g.label == 0)).sum(), ((g.pred == 1) & (g.label == 0)).sum()
     assert op.Sen == pytest.approx(tp / (tp + fn)) and op.Spe == pytest.approx(tn / (tn + fp))
-    assert op.n == len(g) and op.threshold == pytest.approx(bundle.threshold)
-    assert "recalibrated" in op.rule and "out-of-fold" in op.rule
-    # the same rule decides a new photo: mean of the recalibrated fold probabilities
+    metrics = pd.read_csv(root / "run" / "metrics.csv")
+    sen = metrics[(metrics.model == "test_resnet") & (metrics.level == "photo")
+                  & (metrics.metric == "Sen") & (metrics.ci_kind == "bootstrap")].iloc[0]
+    assert op.ci["Sen"] == pytest.approx((sen.ci_low, sen.ci_high))
+    assert op.n == len(g) and "own threshold" in op.rule and "out-of-fold" in op.rule
     fold_thresholds = [f.threshold for f in bundle.metadata.folds]
     assert op.threshold == pytest.approx(sum(fold_thresholds) / len(fold_thresholds))
+    found = pd.read_csv(root / "run" / "pose.csv").set_index("image")["person_found"]
+    decided = 0
+    for r in g.itertuples():
+        if not found[r.image]:
+            continue
+        img, full, _ = read_image_file(manifest.parent / r.image, draft_size=bundle.decode_size)
+        single = bundle.only_fold(int(r.fold))
+        pred = predict_image(single, img, full, with_cam=False)
+        assert pred.fold_decisions == [pred.decision]
+        assert (pred.decision == "positive") == bool(r.pred), r.image
+        decided += 1
+    assert decided >= 10
+    # the whole bundle: every fold rule's decision, and their majority
+    full_pred = predict_image(bundle, img, full, with_cam=False)
+    assert len(full_pred.fold_decisions) == len(bundle.metadata.folds)
 
 
 def test_fold_models_reproduce_the_out_of_fold_predictions(study, bundle):
@@ -270,3 +289,12 @@ def test_page_in_headless_chromium(bundle, study, tmp_path, chromium_browser):
         thread.join(timeout=10)
     assert shot.is_file() and shot.stat().st_size > 10_000
     assert not errors, errors
+
+
+def test_the_fold_rules_vote_and_a_tie_goes_to_the_mean_rule(bundle):
+    t0, t1 = (f.threshold for f in bundle.metadata.folds)
+    assert bundle.decide([1.0, 1.0]) == "positive" and bundle.decide([0.0, 0.0]) == "negative"
+    tie = [min(1.0, t0 + 0.01), max(0.0, t1 - 0.01)]  # fold 0 positive, fold 1 negative
+    assert bundle.fold_decisions(tie) == ["positive", "negative"]
+    assert bundle.decide(tie) == ("positive" if sum(tie) / 2 >= bundle.threshold
+                                  else "negative")

@@ -107,11 +107,12 @@ class FoldCalibration(_Meta):
 
 
 class OperatingPoint(_Meta):
-    """The decision rule a bundle applies, and how it did on the study's out-of-fold
-    photos (each scored by the fold model that did not train on it)."""
+    """The decision rules a bundle applies — each fold model's own (its recalibrated
+    probability against its own threshold) — and how they did on the study's out-of-fold
+    photos: exactly the study's photo-level decisions, with their CIs."""
 
     rule: str
-    threshold: float = Field(ge=0.0, le=1.0)
+    threshold: float = Field(ge=0.0, le=1.0)  # the mean rule that breaks a tied vote
     level: Literal["photo"] = "photo"
     n: int = Field(ge=0)
     Sen: _Share | None = None
@@ -119,6 +120,7 @@ class OperatingPoint(_Meta):
     PPV: _Share | None = None
     NPV: _Share | None = None
     ACC: _Share | None = None
+    ci: dict[str, tuple[_Share, _Share]] = Field(default_factory=dict)  # metric -> (low, high)
 
 
 class BundleFold(_Meta):
@@ -260,6 +262,19 @@ class Bundle:
         meta = self.metadata.model_copy(update={"folds": [self.metadata.folds[k]]})
         return Bundle(self.path, meta, self.models[k:k + 1], self.preprocessing,
                       self.angle_models[k:k + 1], self.fusions[k:k + 1], self.landmark_nets)
+
+    def fold_decisions(self, calibrated: list[float]) -> list[str]:
+        """Each fold rule's decision: its recalibrated probability against its threshold."""
+        return ["positive" if p >= f.threshold else "negative"
+                for p, f in zip(calibrated, self.metadata.folds, strict=True)]
+
+    def decide(self, calibrated: list[float]) -> str:
+        """The fold rules' majority; a tie: the mean probability against the mean threshold
+        (operating_point.rule says the same)."""
+        positive = self.fold_decisions(calibrated).count("positive")
+        if 2 * positive != len(calibrated):
+            return "positive" if 2 * positive > len(calibrated) else "negative"
+        return "positive" if float(np.mean(calibrated)) >= self.threshold else "negative"
 
     def calibrate(self, fold_probs: list[float]) -> list[float]:
         """Each fold model's probability through that fold's recalibration (the study's

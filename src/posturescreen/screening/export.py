@@ -39,7 +39,6 @@ from posturescreen.screening.bundle_landmarks import (
     LandmarkModelFile,
     model_file,
 )
-from posturescreen.stats.metrics import binary_metrics
 from posturescreen.study.landmarks import read_plan
 
 
@@ -97,28 +96,41 @@ def _fold_parts(run_dir: Path, cfg: StudyConfig, mcfg: ModelConfig, task: str, k
     return fold, weights, cnn_info
 
 
+RULE_METRICS = ("Sen", "Spe", "PPV", "NPV", "ACC")
+
+
 def operating_point(run_dir: Path, cfg: StudyConfig, *, task: str, model: str,
                     threshold: float) -> OperatingPoint:
-    """The bundle's rule — each fold model's probability recalibrated on its fold's inner
-    validation split, averaged over the folds, positive at or above `threshold` (the mean of
-    the folds' photo thresholds) — applied to the study's out-of-fold photos."""
+    """The bundle's rules — each fold model's recalibrated probability against that fold's
+    own threshold — and their out-of-fold performance: the study's own photo-level
+    decisions (each photo by the one fold rule that did not train on it) with the study's
+    worker-bootstrap CIs. `threshold`: the mean rule that breaks a tied vote."""
     preds = rf.read_predictions(run_dir / rf.PREDICTIONS, cfg.data.subject_column)
     g = preds[(preds.task == task) & (preds.model == model)]
-    m = binary_metrics(g["label"].to_numpy(), g["prob"].to_numpy(),
-                       (g["prob"].to_numpy() >= threshold).astype(int))
-    how = ("Youden's J (midpoint) on the fold's recalibrated inner-validation probabilities"
+    metrics = pd.read_csv(run_dir / rf.METRICS)
+    rows = metrics[(metrics.task == task) & (metrics.model == model)
+                   & (metrics.level == "photo") & (metrics.ci_kind == "bootstrap")
+                   ].set_index("metric")
+    how = ("Youden's J (midpoint) on its recalibrated inner-validation probabilities"
            if cfg.threshold.rule == "youden" else f"fixed at {cfg.threshold.value}")
-    rule = (f"a photo is positive when the mean over the fold models of their recalibrated "
-            f"probabilities (each fold's Platt recalibration fitted on its inner validation "
-            f"split) is at least {threshold:.6f}, the mean of the folds' photo thresholds "
-            f"({how}). Sen, Spe, PPV, NPV and ACC here are that threshold applied to the "
-            "study's out-of-fold photos, each scored by the one fold model that did not "
-            "train on it: an out-of-fold approximation of the averaged rule (no photo has "
-            "an out-of-fold score from every fold model), and the threshold averages every "
-            "fold's, so for a given photo it is not fully nested")
+    rule = ("each fold model decides by its own rule: its probability, recalibrated on its "
+            f"fold's inner validation split, at or above its own threshold ({how}); a photo "
+            "is positive when most fold rules say so (a tie: when the mean recalibrated "
+            f"probability is at least {threshold:.6f}, the mean threshold). Sen, Spe, PPV, NPV "
+            "and ACC are the fold rules' out-of-fold decisions in the study, each photo by "
+            "the one fold rule that did not train on it, with worker-bootstrap 95% CIs: "
+            "exactly what this bundle cut to that fold gives on those photos. The vote of "
+            "all fold rules was not evaluated itself (no study photo has an out-of-fold "
+            "decision from every fold)")
+
+    def value(name: str, column: str) -> float | None:
+        v = float(rows.at[name, column]) if name in rows.index else float("nan")
+        return v if np.isfinite(v) else None
+
+    ci = {k: (value(k, "ci_low"), value(k, "ci_high")) for k in RULE_METRICS}
     return OperatingPoint(rule=rule, threshold=threshold, n=len(g),
-                          **{k: (None if not np.isfinite(m[k]) else m[k])
-                             for k in ("Sen", "Spe", "PPV", "NPV", "ACC")})
+                          ci={k: v for k, v in ci.items() if None not in v},
+                          **{k: value(k, "estimate") for k in RULE_METRICS})
 
 
 def export_bundle(run_dir: Path, *, task: str, model: str, out: Path) -> Path:

@@ -61,7 +61,10 @@ class PredictionResult(BaseModel):
     fold_max: float | None = None
     fold_probabilities: list[float] = Field(default_factory=list)
     threshold: float
-    decision: Literal["positive", "negative"] | None = None
+    decision: Literal["positive", "negative"] | None = None  # the fold rules' majority
+    # each fold model's own rule (recalibrated probability >= its own threshold): the
+    # decisions the study evaluated out-of-fold
+    fold_decisions: list[Literal["positive", "negative"]] = Field(default_factory=list)
     person_found: bool | None = None  # None: the bundle does not look for a person
     angles: dict[str, float] = Field(default_factory=dict)  # the angles measured
     lower_risk: str | None = None  # "raise CVA by 8.0° → risk 0.61 → 0.42" (a model property)
@@ -230,7 +233,8 @@ def predict_image(
         fold_max=max(probs),
         fold_probabilities=probs,
         threshold=bundle.threshold,
-        decision="positive" if p >= bundle.threshold else "negative",
+        decision=bundle.decide(probs),
+        fold_decisions=bundle.fold_decisions(probs),
         person_found=found if pose is not None else None,
         angles=angles,
         lower_risk=change.sentence() if change else None,
@@ -326,6 +330,7 @@ def _predict_photo(path: Path, bundles: Sequence[Bundle], *, estimator: PoseEsti
             continue
         row = {"photo": str(path), **pred.as_dict()}
         row["fold_probabilities"] = " ".join(f"{v:.6f}" for v in pred.fold_probabilities)
+        row["fold_decisions"] = " ".join(pred.fold_decisions)
         row["angles"] = " ".join(f"{k}={v:.1f}" for k, v in pred.angles.items())
         if out_dir is not None:
             row["cam_overlay"] = None  # no picture unless scored
