@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from posturescreen.cli import app
 from posturescreen.models.cnn import sha256_file
 from posturescreen.screening import bundle as bundle_module
+from posturescreen.screening import bundle_zip
 from posturescreen.screening.bundle import BundleError, load_bundle
 
 
@@ -178,7 +179,7 @@ def test_zip_bundle_limits(good, tmp_path, monkeypatch):
     for name in ("../evil.safetensors", "sub/fold0.safetensors", ".hidden"):
         with pytest.raises(BundleError, match="at the top level"):
             load_bundle(_zip(good, tmp_path / "slip.zip", {name: b"x"}))
-    monkeypatch.setattr(bundle_module, "MAX_ZIP_BYTES", 50_000)
+    monkeypatch.setattr(bundle_zip, "MAX_ZIP_BYTES", 50_000)
     with pytest.raises(BundleError, match="unpacks to more than"):
         load_bundle(_zip(good, tmp_path / "big.zip"))
     (tmp_path / "not.zip").write_bytes(b"PK\x03\x04 but no zip")

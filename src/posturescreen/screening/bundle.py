@@ -48,13 +48,12 @@ from posturescreen.screening.bundle_landmarks import (
     LandmarkBundleError,
     load_landmark_nets,
 )
+from posturescreen.screening.bundle_zip import BundleZipError, extract_zip
 from posturescreen.stats.links import logit, sigmoid
 
 BUNDLE_FORMAT = 3  # 3: learned landmark models
 READABLE_FORMATS = (1, 2, 3)  # 1: CNN bundles of earlier versions (no crop, no angles)
 METADATA = "metadata.json"
-MAX_ZIP_ENTRIES = 64
-MAX_ZIP_BYTES = 8 * 2**30  # uncompressed; the paper's largest grid (VGG19 × 4) is ~2.2 GB
 MAX_METADATA_BYTES = 16 * 2**20
 INTENDED_USE = (
     "Research tool. Estimates, from one side-view photo of habitual sitting posture, the "
@@ -323,35 +322,6 @@ def read_metadata(path: Path, shown: Path) -> BundleMetadata:
                              if e.error_count() > 1 else "")) from e
 
 
-def _extract_zip(path: Path, dest: Path) -> None:
-    """Extract a bundle zip with limits checked on the declared sizes first and on the bytes
-    actually written (a zip can lie about its sizes)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-            if len(infos) > MAX_ZIP_ENTRIES:
-                raise BundleError(f"{path}: {len(infos)} entries; a bundle has at most "
-                                  f"{MAX_ZIP_ENTRIES}")
-            names = {i.filename for i in infos}
-            if METADATA not in names or any("/" in n or "\\" in n or n.startswith(".")
-                                             for n in names):
-                raise BundleError(f"{path}: not a posturescreen bundle (expects "
-                                  f"{METADATA} and weights files at the top level)")
-            if sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
-                raise BundleError(f"{path}: unpacks to more than {MAX_ZIP_BYTES >> 30} GB")
-            written = 0
-            for info in infos:
-                with z.open(info) as src, open(dest / info.filename, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > MAX_ZIP_BYTES:
-                            raise BundleError(f"{path}: unpacks to more than "
-                                              f"{MAX_ZIP_BYTES >> 30} GB")
-                        dst.write(chunk)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as e:
-        raise BundleError(f"{path}: damaged or unsupported zip ({e})") from e
-
-
 def _load_fold_model(folder: Path, fold: BundleFold, meta: BundleMetadata, shown: Path,
                      device: torch.device) -> nn.Module:
     f = folder / str(fold.file)
@@ -397,7 +367,10 @@ def load_bundle(path: Path, device: torch.device | None = None) -> Bundle:
         if path.is_file():
             if not zipfile.is_zipfile(path):
                 raise BundleError(f"{path}: not a bundle (neither a folder nor a zip file)")
-            _extract_zip(path, Path(tmp))
+            try:
+                extract_zip(path, Path(tmp), metadata=METADATA)
+            except BundleZipError as e:
+                raise BundleError(str(e)) from e
             folder = Path(tmp)
         meta_path = folder / METADATA
         if not meta_path.is_file():
