@@ -127,3 +127,39 @@ def test_fold_json_records_the_inner_split_and_the_report_the_commit(sessions_ru
     if code["git_commit"]:  # run from a git checkout, as in CI
         assert code["git_commit"] in html
     assert code["posturescreen"] in html
+
+
+def test_declared_incorporation_is_flagged_beside_every_angle_reader(tmp_path):
+    from posturescreen.report.review import incorporation
+
+    pd.DataFrame([{"task": "CH", "angle": "cva", "photos": 10, "auc": 0.7,
+                   "positive_when": "smaller", "flagged": False}]).to_csv(
+        tmp_path / rf.REFERENCE_STANDARD, index=False)
+    models = ("models=[{name: r, pretrained: none}, {name: a, kind: angles},"
+              " {name: f, kind: fusion, cnn: r}]")
+    tasks = "tasks=[{name: CH, positive: 'ch == 1'}]"
+    quiet = incorporation(tmp_path, load_config(None, [models, tasks]))
+    assert quiet["flags"] == {} and quiet["tasks"][0]["reasons"] == []
+    declared = incorporation(tmp_path, load_config(
+        None, [models, tasks, "data.labels_from_landmarks=true"]))
+    assert set(declared["flags"]) == {("CH", "a"), ("CH", "f")}  # not the CNN
+    assert "data.labels_from_landmarks" in declared["flags"][("CH", "a")]
+
+
+def test_missing_data_sentences_follow_what_the_run_did(tmp_path):
+    from posturescreen.report.review import missing_data_sentences
+
+    pd.DataFrame({"row": [2, 3, 4], "image": ["a", "b", "c"],
+                  "person_found": [True, False, True]}).to_csv(tmp_path / rf.POSE, index=False)
+    pd.DataFrame({"row": [2, 3, 4], "image": ["a", "b", "c"],
+                  "landmark_source": "estimator", "cva": [50.0, np.nan, 48.0],
+                  "trunk_lean": [1.0, np.nan, np.nan]}).to_csv(tmp_path / rf.ANGLES, index=False)
+    folds = [{"features": ["cva", "trunk_lean"]}]
+    out = missing_data_sentences(tmp_path, load_config(None), folds)
+    assert out["persons"].startswith("The pose estimator found no person in 1 of 3 photos")
+    assert out["others"][0] == "The CNNs saw those photos' whole scene, the others cropped " \
+        "to the person."
+    assert "the pose estimator's points; 2 of 3 photos lack at least one angle" in out["others"][1]
+    assert "1 of them without a person found" in out["others"][1]
+    uncropped = missing_data_sentences(tmp_path, load_config(None, ["pose.crop=false"]), [])
+    assert uncropped["others"] == ["The CNNs saw every photo's whole scene (pose.crop is off)."]
