@@ -42,11 +42,15 @@ def confusion(table: pd.DataFrame) -> dict[tuple[str, str], dict[str, int]]:
 
 def _ci(est: float, low: float, high: float, fmt: str) -> str:
     """`+0.79 (−0.00 to +1.17)`: an estimate and its interval in one format."""
+    def show(v: float) -> str:  # never "-0.00"
+        text = format(v, fmt)
+        return format(0.0, fmt) if float(text) == 0 else text
+
     if not np.isfinite(est):
         return "n/a"
-    text = format(est, fmt)
+    text = show(est)
     if np.isfinite(low) and np.isfinite(high):
-        text += f" ({format(low, fmt)} to {format(high, fmt)})"
+        text += f" ({show(low)} to {show(high)})"
     return text
 
 

@@ -36,18 +36,23 @@ def _loglik(y: np.ndarray, x: np.ndarray, w: np.ndarray, a: np.ndarray,
     return (w * (y[None, :] * eta - np.logaddexp(0.0, eta))).sum(axis=1)
 
 
-def _newton(y: np.ndarray, x: np.ndarray, W: np.ndarray, *,
-            with_slope: bool) -> tuple[np.ndarray, np.ndarray]:
+def _newton(y: np.ndarray, x: np.ndarray, W: np.ndarray, *, with_slope: bool,
+            start: tuple[float, float] = (0.0, 1.0),
+            line_search: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Weighted maximum-likelihood (a, b) of logit P(y) = a + b·x (with_slope) or a + x (x as
     an offset), for each row of weights W (B, n); NaN where the fit does not converge. Newton
-    steps, halved until the likelihood does not fall (plain Newton can overshoot when some
-    scores sit at the clipped extremes)."""
+    steps from `start`, halved until the likelihood does not fall (plain Newton can
+    overshoot when some scores sit at the clipped extremes); without `line_search`, plain
+    Newton (for resamples started at the full data's estimate: half the work)."""
     B = W.shape[0]
-    a = np.zeros(B)
-    b = np.ones(B)
+    a = np.full(B, float(start[0]))
+    b = np.full(B, float(start[1]) if with_slope else 1.0)
     done = np.zeros(B, dtype=bool)
     pos, neg = W @ y, W @ (1 - y)
     failed = (pos <= 0) | (neg <= 0)  # one class: no finite maximum
+    if not np.isfinite(a).all() or not np.isfinite(b).all():
+        a[:], b[:] = 0.0, 1.0
+    current = _loglik(y, x, W, a, b) if line_search else np.zeros(B)
     for _ in range(_ITERATIONS):
         idx = np.flatnonzero(~failed & ~done)
         if not len(idx):
@@ -68,36 +73,65 @@ def _newton(y: np.ndarray, x: np.ndarray, W: np.ndarray, *,
             ok = h_aa > 0
             step_a = np.where(ok, g_a / np.where(ok, h_aa, 1.0), 0.0)
             step_b = np.zeros(len(idx))
-        before = _loglik(y, x, w, a[idx], b[idx])
         t = np.ones(len(idx))
-        for _ in range(30):  # halve the step where the likelihood would fall
-            worse = _loglik(y, x, w, a[idx] + t * step_a, b[idx] + t * step_b) < before - 1e-12
+        trial = _loglik(y, x, w, a[idx] + step_a, b[idx] + step_b) if line_search else \
+            np.zeros(len(idx))
+        for _ in range(30 if line_search else 0):  # halve the step where the likelihood falls
+            worse = ~(trial >= current[idx] - 1e-9 * np.abs(current[idx]))
             if not worse.any():
                 break
             t[worse] /= 2
+            k = np.flatnonzero(worse)
+            trial[k] = _loglik(y, x, w[k], a[idx[k]] + t[k] * step_a[k],
+                               b[idx[k]] + t[k] * step_b[k])
         a[idx] += t * step_a
         b[idx] += t * step_b
+        current[idx] = trial
         bad = ~ok | ~np.isfinite(a[idx]) | (np.abs(b[idx]) > MAX_SLOPE) \
             | (np.abs(a[idx]) > MAX_SLOPE)
         failed[idx[bad]] = True
-        done[idx] |= (np.abs(t * step_a) + np.abs(t * step_b)) < 1e-10
+        done[idx] |= (np.abs(t * step_a) + np.abs(t * step_b)) < 1e-9
     failed |= ~done
     a[failed] = np.nan
     b[failed] = np.nan
     return a, (b if with_slope else np.ones(B))
 
 
-def calibration_measures(y: np.ndarray, prob: np.ndarray, W: np.ndarray) -> np.ndarray:
+def calibration_measures(y: np.ndarray, prob: np.ndarray, W: np.ndarray,
+                         *, start: np.ndarray | None = None) -> np.ndarray:
     """(B, len(MEASURES)) calibration-in-the-large, slope and Brier score for each row of
-    weights W (B, n)."""
+    weights W (B, n). `start`: the fits' starting point (citl, slope, joint intercept),
+    e.g. the estimates on all the data when W are bootstrap weights."""
     y = np.asarray(y, dtype=float)
     prob = np.asarray(prob, dtype=float)
     z = logit(prob)
-    citl, _ = _newton(y, z, W, with_slope=False)
-    _, slope = _newton(y, z, W, with_slope=True)
+    if start is None:
+        citl, _ = _newton(y, z, W, with_slope=False)
+        _, slope = _newton(y, z, W, with_slope=True)
+    else:  # plain Newton from the given start; where that fails, the safe way from scratch
+        citl, _ = _newton(y, z, W, with_slope=False, start=(start[0], 1.0), line_search=False)
+        _, slope = _newton(y, z, W, with_slope=True, start=(start[2], start[1]),
+                           line_search=False)
+        for values, with_slope in ((citl, False), (slope, True)):
+            again = np.flatnonzero(np.isnan(values))
+            if len(again):
+                redo = _newton(y, z, W[again], with_slope=with_slope)
+                values[again] = redo[1] if with_slope else redo[0]
     total = W.sum(axis=1)
     brier = (W @ (prob - y) ** 2) / np.where(total > 0, total, np.nan)
     return np.column_stack([citl, slope, brier])
+
+
+def _point(y: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The measures on all the data, and the starting point they give the resamples' fits."""
+    z = logit(prob)
+    ones = np.ones((1, len(y)))
+    citl, _ = _newton(y, z, ones, with_slope=False)
+    intercept, slope = _newton(y, z, ones, with_slope=True)
+    brier = float(np.mean((np.asarray(prob, float) - y) ** 2))
+    start = np.array([citl[0], slope[0], intercept[0]])
+    return np.array([citl[0], slope[0], brier]), np.where(np.isfinite(start), start,
+                                                          [0.0, 1.0, 0.0])
 
 
 def calibration_ci(y: np.ndarray, prob: np.ndarray, *, groups: np.ndarray,
@@ -106,10 +140,11 @@ def calibration_ci(y: np.ndarray, prob: np.ndarray, *, groups: np.ndarray,
     """Per measure: (estimate, CI low, CI high, resamples without a fit), the interval a
     percentile one over worker resamples (all of a worker's photos together)."""
     y = np.asarray(y, dtype=float)
-    point = calibration_measures(y, prob, np.ones((1, len(y))))[0]
+    point, start = _point(y, prob)
     counts, codes = resample_counts(groups, n_resamples, seed)
     chunk = max(1, CHUNK_CELLS // max(1, len(y)))
-    draws = np.vstack([calibration_measures(y, prob, counts[i:i + chunk][:, codes])
+    draws = np.vstack([calibration_measures(y, prob, counts[i:i + chunk][:, codes],
+                                            start=start)
                        for i in range(0, n_resamples, chunk)])
     alpha = (1 - level) / 2
     out = {}
