@@ -23,7 +23,7 @@ import pandas as pd
 
 from posturescreen import runfolder as rf
 from posturescreen.stats.calibration import calibration_measures
-from posturescreen.stats.levels import _fit, choose_calibrator, log_loss
+from posturescreen.stats.levels import choose_calibrator, fit_recalibration, log_loss
 
 STRATEGIES = ("none", "intercept", "platt", "cross-fitted")
 
@@ -49,7 +49,7 @@ def table(run_dir: Path) -> pd.DataFrame:
                 chosen, _ = choose_calibrator(y, p, g)
                 choices.append(chosen.method)
                 for s in STRATEGIES:
-                    cal = chosen if s == "cross-fitted" else _fit(s, y, p)
+                    cal = chosen if s == "cross-fitted" else fit_recalibration(s, y, p)
                     pooled[s].append(test.assign(prob=cal.apply(test["prob"].to_numpy())))
             for s, frames in pooled.items():
                 f = pd.concat(frames, ignore_index=True)

@@ -69,6 +69,9 @@ def test_the_session_level_is_refused_not_printed(sessions_run):
     assert "worker level refused" in printed and "photo level" in printed
     html = (run / rf.REPORT_HTML).read_text()
     assert "bad: not reported at this level." in html
+    # worker is the configured primary level; refused everywhere, the photo level leads
+    assert "photo level (each photo a case) — primary" in html
+    assert html.index("— primary") < html.index("bad: not reported at this level.")
 
 
 def test_the_photo_level_gives_the_auc_between_sessions_and_its_pairs(sessions_run):

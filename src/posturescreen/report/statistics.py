@@ -98,13 +98,14 @@ def statistics(run_dir: Path, cfg: StudyConfig, metrics: pd.DataFrame) -> dict:
     worker = pd.read_csv(run_dir / rf.WORKER_PREDICTIONS, dtype={subject_col: str})
     tables = {"photo": photo, "worker": worker}
     refused = refused_tasks(run_dir)
-    levels = [lv for lv in levels_in_order(cfg)
-              if lv in set(metrics.get("level", [])) or (lv == "worker" and refused)]
+    has = set(metrics.get("level", []))
+    # a level refused for every task comes last: the first one shown is the primary
+    levels = [lv for lv in levels_in_order(cfg) if lv in has] + \
+        (["worker"] if refused and "worker" not in has else [])
     pooling = pd.read_csv(run_dir / rf.AUC_POOLING)
     comparisons = pd.read_csv(run_dir / rf.COMPARISONS)
     comparisons["note"] = comparisons["note"].astype(object).where(comparisons["note"].notna(),
                                                                    "")
-    has = set(metrics.get("level", []))
     return {
         "levels": [{"name": lv, "text": level_text(lv, cfg),
                     "refused": refused if lv == "worker" else {},

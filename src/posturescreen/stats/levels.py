@@ -101,7 +101,8 @@ class Calibrator:
         return self(prob)
 
 
-def _fit(method: str, y: np.ndarray, prob: np.ndarray) -> Calibrator:
+def fit_recalibration(method: str, y: np.ndarray, prob: np.ndarray) -> Calibrator:
+    """One of RECALIBRATIONS fitted on these (validation) labels and scores."""
     if method == "platt":
         return Calibrator.fit(y, prob)
     if method == "intercept":
@@ -132,10 +133,10 @@ def choose_calibrator(y: np.ndarray, prob: np.ndarray,
     held_out = {m: np.zeros(len(y)) for m in RECALIBRATIONS}
     for fit, test in GroupKFold(n_splits=k).split(prob, y, groups):
         for m in RECALIBRATIONS:
-            held_out[m][test] = _fit(m, y[fit], prob[fit]).apply(prob[test])
+            held_out[m][test] = fit_recalibration(m, y[fit], prob[fit]).apply(prob[test])
     losses = {m: log_loss(y, held_out[m]) for m in RECALIBRATIONS}
     best = min(RECALIBRATIONS, key=lambda m: (losses[m], RECALIBRATIONS.index(m)))
-    chosen = _fit(best, y, prob)
+    chosen = fit_recalibration(best, y, prob)
     why = (f"held-out log loss {losses[best]:.3f} ({k} grouped folds of the validation "
            f"scores; none {losses['none']:.3f})")
     note = f"{chosen.note}; {why}" if best != "none" else f"not recalibrated: {why}"
