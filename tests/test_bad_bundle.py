@@ -110,7 +110,7 @@ CASES = {
                          "field folds.0.file"),
     "a missing weights file": (lambda m, f: (f / "fold1.safetensors").unlink(),
                                "fold1.safetensors is missing"),
-    "format 3": (lambda m, f: m.update(format=3), "bundle format '3' is not supported"),
+    "format 4": (lambda m, f: m.update(format=4), "bundle format '4' is not supported"),
     "an angle bundle measured on hand landmarks": (
         lambda m, f: m.update(kind="angles"), "an angles bundle needs `angles`"),
 }

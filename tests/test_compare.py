@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -271,10 +273,12 @@ def test_one_class_in_every_fold_is_no_test_not_an_exception():
         delong_test(np.zeros(4), np.arange(4.0), np.arange(4.0))
 
 
-def test_a_study_whose_worker_level_has_one_class_finishes_with_no_test(tmp_path):
-    # sessions with a good and a bad photo each: the photo level has both classes, the
-    # worker level (a session's label is its first photo's) only negatives, in every fold
+def test_a_study_whose_workers_hold_both_classes_finishes_without_a_worker_level(tmp_path):
+    # sessions with a good and a bad photo each: the photo level has both classes; a worker
+    # level (once labelled by its first photo: negatives only, then DeLong raised after every
+    # job) is refused, and the study finishes with its photo-level comparisons
     from conftest import make_photo
+    from posturescreen import runfolder as rf
     from posturescreen.config.study import load_config
     from posturescreen.pipeline import run_study
 
@@ -294,9 +298,10 @@ def test_a_study_whose_worker_level_has_one_class_finishes_with_no_test(tmp_path
         " {name: test_efficientnet, pretrained: none, image_size: 32}]",
         "train.epochs=1", "train.batch_size=8", "train.threads=1", "metrics.bootstrap=50",
         "cv.folds=2", "pose.crop=false", "privacy.blur_faces=false"])
-    with pytest.warns(UserWarning):  # undefined metrics are warned about, not raised
+    with warnings.catch_warnings():  # undefined metrics may be warned about, never raised
+        warnings.simplefilter("ignore", UserWarning)
         run_study(cfg, tmp_path / "run")
+    assert pd.read_csv(tmp_path / "run" / rf.WORKER_LEVEL).iloc[0]["status"] == "refused"
     comparisons = pd.read_csv(tmp_path / "run" / "comparisons.csv")
-    worker = comparisons[comparisons["level"] == "worker"]
-    assert len(worker) == 1 and worker["note"].str.startswith("no test: no fold holds").all()
+    assert set(comparisons["level"]) == {"photo"} and len(comparisons) == 1
     assert (tmp_path / "run" / "report.html").is_file()  # the study finished

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from posturescreen.study.folds import (
     FoldError,
     assert_disjoint,
+    describe_inner_split,
     inner_split,
     outer_folds,
     shared_outer_folds,
@@ -133,3 +134,57 @@ def test_shared_folds_refuse_a_fold_without_a_class(monkeypatch):
     monkeypatch.setattr(F, "outer_folds", lambda *a, **k: planted)
     with pytest.raises(FoldError, match="task 'rare': fold 2 .* holds no positives"):
         shared_outer_folds({"common": common, "rare": rare}, table.worker, n_folds=4, seed=0)
+
+
+def _sessions(sizes, positives):
+    """Photos of sessions with these sizes and positives each (labels vary within one)."""
+    groups = np.repeat([f"s{k}" for k in range(len(sizes))], sizes)
+    labels = np.concatenate([[1] * p + [0] * (n - p) for n, p in zip(sizes, positives,
+                                                                       strict=True)])
+    return labels, groups
+
+
+def test_inner_split_never_takes_a_giant_group_when_smaller_ones_exist():
+    # a posturecoach training fold: one session holds half the photos
+    sizes = [111, 34, 14, 11, 10, 8, 6, 5, 5, 4, 4, 3, 3, 1, 1, 1]
+    positives = [80, 24, 5, 4, 4, 6, 3, 1, 3, 4, 4, 3, 3, 0, 1, 1]
+    y, g = _sessions(sizes, positives)
+    for seed in range(5):
+        train, val = inner_split(y, g, val_fraction=0.2, seed=seed)
+        assert "s0" not in set(g[val])
+        info = describe_inner_split(y, g, val, val_fraction=0.2)
+        assert 0.2 / 1.5 <= info["val_share"] <= 0.2 * 1.5
+        assert info["val_subjects_with_positives"] >= 2
+        assert info["val_subjects_with_negatives"] >= 2
+        assert not info["degenerate"] and info["warnings"] == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(cohorts())
+def test_inner_split_holds_the_share_asked_with_two_subjects_of_each_class(cohort):
+    y, groups, seed = cohort
+    train, val = inner_split(y, groups, val_fraction=0.2, seed=seed)
+    info = describe_inner_split(y, groups, val, val_fraction=0.2)
+    assert 0.2 / 1.5 <= info["val_share"] <= 0.2 * 1.5
+    assert info["val_subjects_with_positives"] >= 2
+    assert info["val_subjects_with_negatives"] >= 2
+    assert not info["degenerate"]
+
+
+def test_an_inner_split_that_cannot_be_what_was_asked_says_so():
+    # two sessions hold every negative: the validation split gets one of them
+    y, g = _sessions([40, 40, 5, 5, 5, 5], [20, 20, 5, 5, 5, 5])
+    train, val = inner_split(y, g, val_fraction=0.2, seed=0)
+    assert set(y[val]) == {0, 1} and set(y[train]) == {0, 1}
+    info = describe_inner_split(y, g, val, val_fraction=0.2, unit="session")
+    assert info["degenerate"]
+    assert any("negatives come from 1 session" in w for w in info["warnings"])
+    with pytest.raises(FoldError, match="only 1 subject"):
+        inner_split(*_sessions([40, 5, 5], [20, 5, 5]), val_fraction=0.2, seed=0)
+
+
+def test_inner_split_is_seeded():
+    y, g = _sessions([6] * 20, [3, 0, 6, 1] * 5)
+    a = inner_split(y, g, val_fraction=0.2, seed=1)[1]
+    assert (a == inner_split(y, g, val_fraction=0.2, seed=1)[1]).all()
+    assert any((a != inner_split(y, g, val_fraction=0.2, seed=s)[1]).any() for s in (2, 3))

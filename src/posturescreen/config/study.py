@@ -52,6 +52,16 @@ class DataConfig(_Strict):
     )
     site_column: str | None = Field(
         "site", description="the centre column, for leave-one-site-out folds (null: none)")
+    subject_unit: str = Field(
+        "worker", min_length=1, max_length=60,
+        description="what one value of subject_column is (e.g. worker, patient, capture "
+        "session): the report names the unit of analysis, its folds and its bootstrap with it")
+    labels_from_landmarks: bool = Field(
+        False,
+        description="the task labels were derived from the same landmarks (or the same "
+        "annotation) the angle models read: the report then flags incorporation bias beside "
+        "every angle and fusion model (it also flags any task a single angle nearly "
+        "reproduces)")
     skip_bad_images: bool = Field(
         False, description="train without unreadable photos (listed in the run) instead of stopping"
     )
@@ -335,6 +345,8 @@ class StudyConfig(_Strict):
         recorded separately)."""
         payload = self.model_dump(mode="json")
         payload["data"].pop("manifest", None)
+        for described in ("subject_unit", "labels_from_landmarks"):  # words for the report
+            payload["data"].pop(described, None)
         payload.pop("cams", None)  # explaining or reporting does not change results
         payload.pop("report", None)
         payload.pop("privacy", None)

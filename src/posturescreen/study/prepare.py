@@ -40,7 +40,7 @@ from posturescreen.posture.tables import (
 from posturescreen.progress import progress_bar
 from posturescreen.runfolder import Job
 from posturescreen.study.folds import shared_outer_folds
-from posturescreen.study.tasks import all_task_labels, class_counts
+from posturescreen.study.tasks import all_task_labels, class_counts, mixed_label_warnings
 
 
 @dataclass
@@ -157,6 +157,8 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
     )
     atomic_write_csv(run_dir / rf.CLASS_COUNTS, counts)
     _print_counts(counts, console)
+    for sentence in mixed_label_warnings(cohort, cfg):
+        console.print(f"[yellow]{sentence}[/yellow]")
     return StudyContext(cfg, run_dir, cohort, cache, preprocessing, angles, pose, source)
 
 
