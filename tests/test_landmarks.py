@@ -14,12 +14,13 @@ from posturescreen.cli import app
 from posturescreen.config.study import load_config
 from posturescreen.data.images import read_image_file
 from posturescreen.data.synthetic import generate_cohort
-from posturescreen.models.landmark_training import augment
+from posturescreen.models.landmark_training import augment, fit_landmarks
 from posturescreen.models.landmarks import (
     LandmarkSpec,
     build_landmark_net,
     decode,
     gaussian_targets,
+    load_landmark_net,
     predict_points,
 )
 from posturescreen.pipeline import run_study
@@ -206,3 +207,27 @@ def test_a_learned_bundle_suggests_every_annotated_landmark(learned_study, tmp_p
     cnn = export_bundle(run, task="CH", model="test_resnet", out=tmp_path / "cnn")
     with pytest.raises(Exception, match="no learned landmark models"):
         LearnedSuggester(cnn)
+
+
+def test_a_frozen_backbone_trains_only_the_head_and_learns_a_point():
+    # a bright square on a dark photo, its centre the landmark: a strong signal
+    rng = np.random.default_rng(0)
+    n, size = 96, 64
+    images = np.full((n, 3, size, size), 20, dtype=np.uint8)
+    points = rng.uniform(12, size - 12, (n, 1, 2))
+    for i, (x, y) in enumerate(points[:, 0]):
+        images[i, :, int(y) - 4:int(y) + 4, int(x) - 4:int(x) + 4] = 235
+    spec = LandmarkSpec.for_backbone(("ear",), "tf_efficientnet_lite0", size, frozen_blocks=7)
+    fresh, _ = build_landmark_net(spec, "imagenet")
+    fit = fit_landmarks(images[:64], points[:64], spec=spec, epochs=25, batch_size=16,
+                        lr=5e-3, seed=0, pretrained="imagenet", threads=1)
+    before = fresh.state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in fit.state_dict.items()
+               if k.startswith("body."))
+    assert not all(torch.equal(v, before[k]) for k, v in fit.state_dict.items()
+                   if k.startswith("out."))
+    net = load_landmark_net(spec, fit.state_dict)
+    found, _ = predict_points(net, images[64:])
+    error = np.linalg.norm(found - points[64:], axis=-1).mean()
+    guess = np.linalg.norm(points[:64].mean(0) - points[64:], axis=-1).mean()
+    assert error < 0.5 * guess, (error, guess)

@@ -24,6 +24,11 @@ class LandmarkModelConfig(_Strict):
     batch_size: int = Field(16, ge=2, le=512, description="photos per training step")
     lr: float = Field(2e-3, gt=0, lt=1, description="AdamW's peak learning rate of the head "
                       "(the backbone's is half of it)")
+    frozen_blocks: int = Field(3, ge=0, le=16, description="the backbone's stem and this many "
+                               "first blocks keep their starting weights (more: faster "
+                               "training, less adapted features); all of them (7 for lite0): "
+                               "only the head learns, on features computed once per photo, "
+                               "with the mirror as the only augmentation (seconds per model)")
     min_photos: int = Field(20, ge=4, description="the fewest annotated training photos a "
                             "landmark model may learn from (fewer: the study stops and says so)")
 

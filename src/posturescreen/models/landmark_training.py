@@ -88,6 +88,11 @@ def fit_landmarks(images_u8: np.ndarray, points: np.ndarray, *, spec: LandmarkSp
     net = net.to(memory_format=torch.channels_last)
     # bf16 only where it pays: the frozen layers (no backward); the trained ones fp32
     net.frozen_bf16 = step_precision == "bf16"
+    if net.backbone_frozen:
+        history = _fit_head(net, images_u8, points, epochs=epochs, batch_size=batch_size,
+                            lr=lr, gen=gen)
+        state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+        return LandmarkFit(state, history, weights, step_precision)
     head = [p for n, p in net.named_parameters() if not n.startswith("body.")]
     body = [p for p in net.body.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": body, "lr": lr * 0.5},  # the backbone slower
@@ -121,3 +126,57 @@ def fit_landmarks(images_u8: np.ndarray, points: np.ndarray, *, spec: LandmarkSp
     # channels_last weights are not contiguous; saved and reloaded as plain tensors
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     return LandmarkFit(state, pd.DataFrame(history), weights, step_precision)
+
+
+@torch.no_grad()
+def _features_once(net: torch.nn.Module, images_u8: np.ndarray, *, batch: int = 32
+                   ) -> list[torch.Tensor]:
+    """The frozen backbone's stride 8/16/32 features of every photo, then of every mirrored
+    photo (2N rows), computed once."""
+    parts: list[list[torch.Tensor]] = []
+    for mirrored in (False, True):
+        for start in range(0, len(images_u8), batch):
+            x = normalise(images_u8[start:start + batch], net.spec)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=net.frozen_bf16):
+                parts.append([f.float() for f in net.body(x.flip(-1) if mirrored else x)[1:]])
+    return [torch.cat([p[i] for p in parts]) for i in range(3)]
+
+
+def _fit_head(net, images_u8: np.ndarray, points: np.ndarray, *, epochs: int,
+              batch_size: int, lr: float, gen: torch.Generator) -> pd.DataFrame:
+    """Train only the head on features computed once (`frozen_blocks` covers the whole
+    backbone): the photo or its mirror at random, the only augmentation — minutes become
+    seconds, for quick runs such as the demo."""
+    net.eval()
+    features = _features_once(net, images_u8)
+    n, size = len(images_u8), net.spec.input_size
+    mirrored = points.copy()
+    mirrored[..., 0] = size - mirrored[..., 0]
+    both = np.concatenate([points, mirrored])
+    target = torch.from_numpy(np.nan_to_num(both)).float()
+    annotated = torch.from_numpy(np.isfinite(both).all(-1)).float()
+    params = [p for name, p in net.named_parameters() if not name.startswith("body.")]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    batch = min(batch_size, n)
+    steps = max(1, n // batch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(steps * epochs, steps))
+    history = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        net.train()
+        order = torch.randperm(n, generator=gen)
+        flip = (torch.rand(n, generator=gen) < 0.5).long() * n
+        losses = []
+        for k in range(steps):
+            idx = order[k * batch:(k + 1) * batch] + flip[order[k * batch:(k + 1) * batch]]
+            maps = net.head([f[idx] for f in features])
+            loss = heatmap_loss(maps.float(), target[idx], annotated[idx], sigma=net.spec.sigma)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)),
+                        "seconds": time.perf_counter() - t0})
+    return pd.DataFrame(history)

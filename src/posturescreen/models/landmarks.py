@@ -41,10 +41,10 @@ class LandmarkSpec:
     sigma: float = 1.5  # of the Gaussian target, in heatmap cells
 
     @classmethod
-    def for_backbone(cls, names: tuple[str, ...], backbone: str, input_size: int
-                     ) -> LandmarkSpec:
+    def for_backbone(cls, names: tuple[str, ...], backbone: str, input_size: int, *,
+                     frozen_blocks: int = 3) -> LandmarkSpec:
         prep = preprocessing_for(backbone, input_size)
-        return cls(tuple(names), backbone, input_size, prep.mean, prep.std)
+        return cls(tuple(names), backbone, input_size, prep.mean, prep.std, frozen_blocks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,8 +115,16 @@ class LandmarkNet(nn.Module):
                 outs.append(x)
         return outs
 
+    @property
+    def backbone_frozen(self) -> bool:
+        """Every block keeps its starting weights: only the head learns."""
+        return self.spec.frozen_blocks >= len(self.body.blocks)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self._features(x)[1:]
+        return self.head(self._features(x)[1:])
+
+    def head(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Heatmaps from the backbone's stride 8, 16 and 32 features."""
         y = self.lateral[-1](features[-1])
         for i in range(len(features) - 2, -1, -1):
             y = F.interpolate(y, size=features[i].shape[-2:], mode="nearest")

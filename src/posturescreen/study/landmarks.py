@@ -218,7 +218,8 @@ def crossfit_landmarks(cohort: pd.DataFrame, pose: pd.DataFrame | None, fold: np
         raise LandmarkError(f"{cfg.data.manifest}: learned landmarks need annotations, and "
                             "the manifest has no <name>_x, <name>_y columns with points")
     learned = cfg.pose.learned
-    spec = LandmarkSpec.for_backbone(tuple(names), learned.backbone, learned.input_size)
+    spec = LandmarkSpec.for_backbone(tuple(names), learned.backbone, learned.input_size,
+                                     frozen_blocks=learned.frozen_blocks)
     with progress_bar(console, elapsed=True) as progress:
         bar = progress.add_task("cutting photos for the landmark models", total=len(fold))
         data = landmark_data(cohort, pose, names=names, spec=spec, fold=fold,
