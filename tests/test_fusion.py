@@ -12,7 +12,8 @@ from posturescreen.config.study import ModelConfig, ThresholdConfig, TrainConfig
 from posturescreen.data.images import read_image_file
 from posturescreen.data.synthetic import generate_cohort
 from posturescreen.models.kinds import FoldInputs, FoldSplit, kind_of
-from posturescreen.models.linear import AngleModel, lower_risk_change
+from posturescreen.models.kinds.fusion import choose_mode
+from posturescreen.models.linear import AngleModel, FusionModel, lower_risk_change
 from posturescreen.pipeline import run_study
 from posturescreen.screening.bundle import BundleError, load_bundle
 from posturescreen.screening.export import export_bundle
@@ -210,3 +211,32 @@ def test_no_score_and_no_advice_without_a_person(estimator_study, model, tmp_pat
     assert res["status"] == "no_person" and res["person_found"] is False
     assert res["probability"] is None and res["decision"] is None
     assert res["lower_risk"] is None and res["cam_overlay_png"] is None and not res["angles"]
+
+
+def _scores(rng, y, signal):
+    """A CNN probability and an angle logit, each with (signal) separation of the classes."""
+    cnn = 1 / (1 + np.exp(-(signal[0] * (y - 0.5) + rng.normal(0, 1, len(y)))))
+    return cnn, signal[1] * (y - 0.5) + rng.normal(0, 1, len(y))
+
+
+@pytest.mark.parametrize(("signal", "expected"), [((0, 3), "angles"), ((3, 0), "cnn"),
+                                                  ((2.5, 2.5), "both")])
+def test_the_fusion_falls_back_to_the_part_that_carries_the_signal(signal, expected):
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 150)
+    groups = np.arange(300) // 2  # two photos a worker
+    cnn, angle = _scores(rng, y, signal)
+    mode, losses = choose_mode(cnn, angle, y, groups=groups, C=1.0)
+    assert mode == expected, losses
+    assert set(losses) == {"both", "cnn", "angles"}
+
+
+def test_a_part_that_ranks_the_validation_photos_backwards_gets_no_weight():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    cnn, angle = _scores(rng, y, (-3, 0))  # the CNN's scores run the wrong way here
+    model = FusionModel.fit(cnn, angle, y, mode="cnn")
+    assert model.coef == [0.0, 0.0]
+    assert np.allclose(model.predict(cnn, angle), 0.5)  # the validation prevalence
+    # the right way round, the weight is positive
+    assert FusionModel.fit(1 - cnn, angle, y, mode="cnn").coef[0] > 0

@@ -145,7 +145,10 @@ class FusionModel(_Numbers):
     """p = sigmoid(w·z(cnn logit) + w·z(angle logit) + b) in mode `both`: the two standardised
     scores with one shared weight; in mode `cnn` or `angles` one of them alone (the study
     chooses the mode by grouped cross-validation, so the fusion can fall back to its better
-    part). The two weights are never learned separately: the inner validation photos the
+    part). The weight is never negative (non-negative stacking, Breiman 1996): both parts
+    were trained to score positives higher, and a few validation photos that rank the other
+    way give the fusion no weight (a constant) rather than an inverted part. The two weights
+    are never learned separately: the inner validation photos the
     fusion is fitted on also chose the CNN's checkpoint, so the CNN's scores there flatter it,
     and a free weight would favour it (measured on the demo: the CNN got the larger weight in
     every CH fold while its test AUC was 0.54)."""
@@ -164,7 +167,10 @@ class FusionModel(_Numbers):
         scales = np.where(scales > 1e-9, scales, 1.0)
         parts = np.asarray(_MODE_PARTS[mode])
         summed = ((X - means) / scales) @ parts
-        coef, intercept = _fit_logistic(summed[:, None], np.asarray(y, int), C)
+        y = np.asarray(y, int)
+        coef, intercept = _fit_logistic(summed[:, None], y, C)
+        if coef[0] < 0:  # never turned against the training: no weight instead
+            coef, intercept = np.zeros(1), float(logit(y.mean(), eps=1e-3))
         return cls(means=means.tolist(), scales=scales.tolist(),
                    coef=(float(coef[0]) * parts).tolist(), intercept=intercept, mode=mode)
 
