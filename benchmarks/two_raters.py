@@ -15,7 +15,7 @@ copied) and OUT/manifest.annotations.csv, then
 
 prints the two-rater tables (posturecoach has no worker ids: capture sessions stand in).
 
-    python benchmarks/two_raters.py --data /work/shared/data/posturecoach --out /tmp/two_raters
+    python benchmarks/two_raters.py --data ../shared/data/posturecoach --out /tmp/two_raters
 """
 
 from __future__ import annotations

@@ -76,7 +76,10 @@ def main(argv: list[str]) -> int:
     if job == "demo":
         return subprocess.call([str(BIN / "posturescreen"), "demo", *rest], cwd=ROOT)
     ensure_chromium()
-    return subprocess.call([str(PY), "-m", "pytest", "-q", *rest], cwd=ROOT)
+    # one worker per core (at most 4: each holds torch), a file's tests on one worker so its
+    # module fixtures (small studies) are built once
+    workers = ["-n", "auto", "--maxprocesses", "4", "--dist", "loadfile"]
+    return subprocess.call([str(PY), "-m", "pytest", "-q", *workers, *rest], cwd=ROOT)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from fake_bundle import make_bundle, read_metadata, write_metadata
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from posturescreen.cli import app
 from posturescreen.models.cnn import sha256_file
 from posturescreen.screening import bundle as bundle_module
+from posturescreen.screening import bundle_zip
 from posturescreen.screening.bundle import BundleError, load_bundle
 
 
@@ -38,7 +41,48 @@ def _truncate_keeping_checksum(meta, folder):
     meta["folds"][0]["sha256"] = sha256_file(weights)
 
 
+def _nan_weights_keeping_checksum(meta, folder):
+    """A bundle exported with a NaN in its weights: the checksum matches, the numbers don't."""
+    weights = folder / "fold0.safetensors"
+    state = load_file(str(weights))
+    name = next(k for k, t in state.items() if t.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(weights))
+    meta["folds"][0]["sha256"] = sha256_file(weights)
+
+
+_ANGLES = {"features": ["cva"], "medians": [50.0], "means": [50.0], "scales": [5.0],
+           "coef": [1.0], "intercept": 0.0, "low": [40.0], "high": [60.0]}
+_FUSION = {"means": [0.0, 0.0], "scales": [1.0, 1.0], "coef": [1.0, 1.0], "intercept": 0.0}
+
+
+def _fusion_with(**numbers):
+    """A fusion bundle whose fold 0 carries the given fusion numbers (the rest valid)."""
+    def edit(meta, folder):
+        meta.update(kind="fusion", model="fused", cnn="test_resnet",
+                    pose={"crop": True, "landmark_source": "estimator"})
+        for f in meta["folds"]:
+            f.update(angles=dict(_ANGLES), fusion=dict(_FUSION))
+        meta["folds"][0]["fusion"].update(numbers)
+    return edit
+
+
 CASES = {
+    "NaN in the weights (checksum matching)": (_nan_weights_keeping_checksum,
+                                               "fold0.safetensors holds NaN or infinite weights"),
+    "NaN fusion weight": (_fusion_with(coef=[float("nan"), 1.0]),
+                          "folds.0.fusion.coef.0: Input should be a finite number"),
+    "infinite fusion intercept": (_fusion_with(intercept=float("inf")),
+                                  "folds.0.fusion.intercept"),
+    "a fusion weight of 1e308": (_fusion_with(coef=[1e308, 1e308]),
+                                 "folds.0.fusion.coef.0: Input should be less than or equal"),
+    "a scale of 1e-300": (_fusion_with(scales=[1e-300, 1.0]), "folds.0.fusion.scales.0"),
+    "NaN per-fold threshold": (lambda m, f: m["threshold"].update(per_fold=[float("nan")] * 2),
+                               "threshold.per_fold.0: Input should be a finite number"),
+    "a sensitivity of 7": (lambda m, f: m.update(operating_point={
+        "rule": "r", "threshold": 0.5, "n": 10, "Sen": 7}), "operating_point.Sen"),
+    "NaN recalibration": (lambda m, f: m["folds"][0].update(
+        calibration={"slope": float("nan"), "intercept": 0}), "folds.0.calibration.slope"),
     "truncated weights whose sha matches": (_truncate_keeping_checksum,
                                             "fold0.safetensors is not a readable safetensors"),
     "another architecture": (lambda m, f: m.update(model="test_efficientnet"),
@@ -66,7 +110,7 @@ CASES = {
                          "field folds.0.file"),
     "a missing weights file": (lambda m, f: (f / "fold1.safetensors").unlink(),
                                "fold1.safetensors is missing"),
-    "format 3": (lambda m, f: m.update(format=3), "bundle format '3' is not supported"),
+    "format 4": (lambda m, f: m.update(format=4), "bundle format '4' is not supported"),
     "an angle bundle measured on hand landmarks": (
         lambda m, f: m.update(kind="angles"), "an angles bundle needs `angles`"),
 }
@@ -135,7 +179,7 @@ def test_zip_bundle_limits(good, tmp_path, monkeypatch):
     for name in ("../evil.safetensors", "sub/fold0.safetensors", ".hidden"):
         with pytest.raises(BundleError, match="at the top level"):
             load_bundle(_zip(good, tmp_path / "slip.zip", {name: b"x"}))
-    monkeypatch.setattr(bundle_module, "MAX_ZIP_BYTES", 50_000)
+    monkeypatch.setattr(bundle_zip, "MAX_ZIP_BYTES", 50_000)
     with pytest.raises(BundleError, match="unpacks to more than"):
         load_bundle(_zip(good, tmp_path / "big.zip"))
     (tmp_path / "not.zip").write_bytes(b"PK\x03\x04 but no zip")

@@ -2,6 +2,7 @@
 error naming the file and field, quickly, and never the whole input echoed back."""
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -138,3 +139,42 @@ def test_a_pickled_weights_file_is_never_unpickled(tmp_path):
                                                       "never loaded"):
         read_state_dict(weights)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("override,needle", [
+    # `ang a` and `ang_a` would share the job folder ang_a/
+    ("models=[{name: 'ang a', kind: angles}, {name: ang_a, kind: angles}]",
+     "models.0.name: Value error, 'ang a' is not a plain name"),
+    # `..` would put job folders beside the task's, shared by every task
+    ("models=[{name: '..', kind: angles}]", "models.0.name: Value error, '..' is not a plain"),
+    ("models=[{name: '.', kind: angles}]", "'.' is not a plain name"),
+    ("models=[{name: a, kind: fusion, cnn: '../x'}]", "models.0.cnn: Value error"),
+    ("models=[{name: Angles, kind: angles}, {name: angles, kind: angles}]",
+     "model names 'Angles' and 'angles' would share one folder"),
+    ("tasks=[{name: CH, positive: 'ch == 1'}, {name: ch, positive: 'nsp == 1'}]",
+     "task names 'CH' and 'ch' would share one folder"),
+    ("tasks=[{name: '=HYPERLINK(1)', positive: 'ch == 1'}]", "is not a plain name"),
+    ("tasks=[{name: '-1', positive: 'ch == 1'}]", "is not a plain name"),
+    ("tasks=[{name: Cams, positive: 'ch == 1'}]", "run folder's own subfolder"),
+])
+def test_model_and_task_names_are_plain_and_never_share_a_folder(override, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(None, [override])
+    result = CliRunner().invoke(app, ["study", "--set", override, "--out", "unused"])
+    assert result.exit_code == 2 and result.output.startswith("error: "), result.output
+
+
+def test_plain_names_of_every_documented_kind_are_accepted():
+    cfg = load_config(None, [
+        "tasks=[{name: CH+NSP, positive: 'ch == 1'}, {name: bad_posture-2, positive: 'nsp == 1'}]",
+        "models=[{name: resnet50.a1_in1k}, {name: lite0+angles, kind: fusion, "
+        "cnn: resnet50.a1_in1k}, {name: angles, kind: angles}]"])
+    assert [m.name for m in cfg.models][0] == "resnet50.a1_in1k"
+
+
+def test_reserved_names_are_the_run_folders_own_subfolders():
+    from posturescreen import runfolder as rf
+    from posturescreen.config.names import RESERVED, safe_name
+
+    assert set(RESERVED) == {rf.CAMS, rf.SENSITIVITY}
+    assert rf.safe_name is safe_name  # one mapping from names to folders

@@ -241,3 +241,110 @@ def test_synth_refuses_absurd_settings_at_once(tmp_path, args, needle):
     result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "s"), *args])
     assert result.exit_code == 2 and needle in result.output
     assert time.perf_counter() - t0 < 10 and not (tmp_path / "s").exists()
+
+
+def _png_16bit_grey(path: Path, width: int, height: int) -> Path:
+    """A 16-bit grey PNG of zeros, written row by row (a 9000² one is ~180 KB on disk)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+    squeeze, row = zlib.compressobj(9), b"\0" * (1 + 2 * width)
+    idat = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def _manifest(folder: Path, images: list[str]) -> Path:
+    pd.DataFrame({"subject_id": [f"s{k}" for k in range(len(images))], "image": images,
+                  "ch": [k % 2 for k in range(len(images))], "nsp": 0}
+                 ).to_csv(folder / "m.csv", index=False)
+    return folder / "m.csv"
+
+
+def test_a_photo_path_that_is_not_a_regular_file_is_named_never_read(tmp_path, monkeypatch):
+    # /dev/zero was read until memory ran out; a pipe would block for ever
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.jpg")
+    manifest = _manifest(tmp_path, ["/dev/zero", "pipe.jpg", "zero.jpg", "ok.jpg"])
+    for args in (["validate", str(manifest)], ["validate", str(manifest), "--no-images"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        for row in (2, 3, 4):
+            assert f"row {row}, column 'image'" in text
+        assert text.count("not a regular file (a device, pipe or socket)") == 3
+    for path in (Path("/dev/zero"), fifo, tmp_path / "zero.jpg"):
+        with pytest.raises(ImageReadError, match="not a regular file"):
+            read_image_file(path)
+    study = tmp_path / "study"
+    study.mkdir()
+    Image.new("RGB", (8, 8)).save(study / "ok.jpg")
+    result = CliRunner().invoke(app, ["study", "--data", str(_manifest(
+        study, ["/dev/zero", str(fifo), "ok.jpg"])), "--out", str(tmp_path / "run"), "--set",
+        "models.pretrained=none"])
+    assert result.exit_code == 2 and "not a regular file" in result.output
+    for config in ("/dev/zero", str(fifo)):
+        result = CliRunner().invoke(app, ["study", "--config", config, "--data",
+                                          str(manifest)])
+        assert result.exit_code == 2 and "not a regular file" in result.output
+    result = CliRunner().invoke(app, ["validate", "/dev/zero"])
+    assert result.exit_code == 2 and "not a regular file" in result.output
+
+
+def test_a_photo_over_the_byte_cap_is_refused_unread(tmp_path, monkeypatch):
+    from posturescreen.data import images
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(images, "MAX_PHOTO_BYTES", 100)
+    with pytest.raises(ImageReadError, match=r"big.png: 0 MB; at most 0 MB is read"):
+        read_image_file(tmp_path / "big.png")
+    with pytest.raises(ManifestError, match="at most 0 MB"):
+        load_manifest(_manifest(tmp_path, ["big.png"]))
+
+
+def test_a_16_bit_photo_too_big_to_decode_is_refused_before_decoding(tmp_path, monkeypatch):
+    # 179 KB on disk, 81 million pixels (within Pillow's bomb guard), and 2 GB and 10-18 s
+    # to convert before it was refused or scored
+    photo = _png_16bit_grey(tmp_path / "wide.png", 9000, 9000)
+    assert photo.stat().st_size < 500_000
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded anyway"))
+    with pytest.raises(ImageReadError, match=r"9000 × 9000 pixels in mode I;16 would take "
+                                             r"2\.\d GB to decode \(the limit is 1 GB\)"):
+        read_image_file(photo)
+    monkeypatch.undo()
+    small = _png_16bit_grey(tmp_path / "small.png", 300, 200)
+    img, size, _ = read_image_file(small)  # a 16-bit photo of a sensible size still reads
+    assert size == (300, 200) and img.mode == "RGB"
+    from fake_bundle import make_bundle
+    from fastapi.testclient import TestClient
+
+    from posturescreen.screening.bundle import load_bundle
+    from posturescreen.screening.web.app import create_app
+
+    client = TestClient(create_app([load_bundle(make_bundle(tmp_path / "b"))]),
+                        base_url="http://127.0.0.1")
+    r = client.post("/api/predict", content=photo.read_bytes(),
+                    headers={"content-type": "image/png"})
+    assert r.status_code == 422 and "would take" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("column", ["row", "image_path"])
+def test_a_manifest_column_named_like_ours_is_named_not_replaced(tmp_path, column):
+    # `row` made pandas raise (a traceback); `image_path` was silently replaced
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    manifest = _manifest(tmp_path, ["a.jpg"])
+    table = pd.read_csv(manifest)
+    table[column] = "mine"
+    table.to_csv(manifest, index=False)
+    result = CliRunner().invoke(app, ["validate", str(manifest)])
+    assert result.exit_code == 2, result.output
+    assert f"row 1: column '{column}' is a name posturescreen adds" in result.output

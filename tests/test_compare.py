@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -257,3 +259,49 @@ def test_one_positive_worker_gives_no_test_even_unstratified():
         delong_test(y, s1, s2, clusters=worker)
     r = delong_test(y, s1, s2)  # photos as units: three positives, testable
     assert np.isfinite(r.se) and r.se > 0
+
+
+def test_one_class_in_every_fold_is_no_test_not_an_exception():
+    # a worker level where each worker's first photo (its label) is negative: no fold has
+    # positives, so nothing can be compared; the study must still finish
+    rows = [{"task": "P", "model": m, "subject": f"S{s}", "label": 0, "prob": 0.1 * s + d,
+             "fold": s % 2} for m, d in (("a", 0.0), ("b", 0.05)) for s in range(8)]
+    out = compare_models(pd.DataFrame(rows), unit_column="subject", stratified=True)
+    assert len(out) == 1 and np.isnan(out.at[0, "p_value"]) and np.isnan(out.at[0, "auc_a"])
+    assert out.at[0, "note"].startswith("no test: no fold holds both positives and negatives")
+    with pytest.raises(VarianceNotEstimable):
+        delong_test(np.zeros(4), np.arange(4.0), np.arange(4.0))
+
+
+def test_a_study_whose_workers_hold_both_classes_finishes_without_a_worker_level(tmp_path):
+    # sessions with a good and a bad photo each: the photo level has both classes; a worker
+    # level (once labelled by its first photo: negatives only, then DeLong raised after every
+    # job) is refused, and the study finishes with its photo-level comparisons
+    from conftest import make_photo
+    from posturescreen import runfolder as rf
+    from posturescreen.config.study import load_config
+    from posturescreen.pipeline import run_study
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for s in range(12):
+        for k, posture in enumerate(["good", "bad"]):
+            make_photo(tmp_path / f"img/s{s}_{k}.png", k, 0, rng)
+            rows.append({"subject_id": f"S{s}", "image": f"img/s{s}_{k}.png",
+                         "posture": posture})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    cfg = load_config(None, [
+        f"data.manifest={tmp_path / 'm.csv'}", "data.label_columns=[]",
+        "tasks=[{name: P, positive: 'posture == \"bad\"', negative: 'posture == \"good\"'}]",
+        "models=[{name: test_resnet, pretrained: none, image_size: 32},"
+        " {name: test_efficientnet, pretrained: none, image_size: 32}]",
+        "train.epochs=1", "train.batch_size=8", "train.threads=1", "metrics.bootstrap=50",
+        "cv.folds=2", "pose.crop=false", "privacy.blur_faces=false"])
+    with warnings.catch_warnings():  # undefined metrics may be warned about, never raised
+        warnings.simplefilter("ignore", UserWarning)
+        run_study(cfg, tmp_path / "run")
+    assert pd.read_csv(tmp_path / "run" / rf.WORKER_LEVEL).iloc[0]["status"] == "refused"
+    comparisons = pd.read_csv(tmp_path / "run" / "comparisons.csv")
+    assert set(comparisons["level"]) == {"photo"} and len(comparisons) == 1
+    assert (tmp_path / "run" / "report.html").is_file()  # the study finished

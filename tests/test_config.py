@@ -26,6 +26,16 @@ def test_shipped_configs_load():
     assert paper.model_dump(exclude={"name"}) == StudyConfig().model_dump(exclude={"name"})
     pc = load_config(ROOT / "configs" / "posturecoach.yaml")
     assert pc.data.subject_column == "session" and pc.tasks[0].negative == 'posture == "good"'
+    # its unit is a capture session, and its labels come from the landmark geometry
+    assert pc.data.subject_unit == "capture session" and pc.data.labels_from_landmarks
+
+
+def test_words_for_the_report_leave_the_fingerprint_alone():
+    base = load_config(None)
+    described = load_config(None, ["data.subject_unit=patient",
+                                   "data.labels_from_landmarks=true"])
+    assert described.fingerprint() == base.fingerprint()
+    assert load_config(None, ["cv.inner_val_fraction=0.3"]).fingerprint() != base.fingerprint()
 
 
 def test_unknown_key_is_named(tmp_path):

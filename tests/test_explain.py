@@ -176,7 +176,7 @@ def test_synthetic_cams_find_the_region_behind_each_label(tmp_path):
         f"data.manifest={manifest}", "seed=1",
         "models=[{name: tf_efficientnet_lite0, pretrained: imagenet, image_size: 160}]",
         "tasks=[{name: CH, positive: 'ch == 1'}]",
-        "negatives=rest", "cv.folds=2", "train.epochs=10", "train.patience=10",
+        "negatives=rest", "cv.folds=2", "train.epochs=16", "train.patience=16",
         "train.lr=0.001", "train.threads=2", "metrics.bootstrap=200", "cams.run=true",
         "cams.overlays=false", "report=false",
         # the whole scene, as the margins in docs/explain.md were measured (with the person

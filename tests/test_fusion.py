@@ -6,12 +6,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from posturescreen.config.study import ModelConfig, ThresholdConfig, TrainConfig, load_config
 from posturescreen.data.images import read_image_file
 from posturescreen.data.synthetic import generate_cohort
 from posturescreen.models.kinds import FoldInputs, FoldSplit, kind_of
-from posturescreen.models.linear import AngleModel, lower_risk_change
+from posturescreen.models.kinds.fusion import choose_mode
+from posturescreen.models.linear import AngleModel, FusionModel, lower_risk_change
 from posturescreen.pipeline import run_study
 from posturescreen.screening.bundle import BundleError, load_bundle
 from posturescreen.screening.export import export_bundle
@@ -116,12 +118,20 @@ def test_angle_and_fusion_bundles_reproduce_the_study(estimator_study, model):
     assert meta["pose"]["landmark_source"] == "estimator"
     preds = pd.read_csv(run / "predictions.csv")
     preds = preds[preds.model == model]
+    found = pd.read_csv(run / "pose.csv").set_index("image")["person_found"]
     for k in (0, 1):
         single = bundle.only_fold(k)
         for r in preds[preds.fold == k].head(3).itertuples():
             img, full, _ = read_image_file(manifest.parent / r.image, draft_size=bundle.decode_size)
             pred = predict_image(single, img, full)
+            if not found[r.image]:  # the study imputed its angles; a bundle gives no score
+                assert pred.status == "no_person" and pred.lower_risk is None
+                continue
             assert pred.probability == pytest.approx(r.prob, abs=1e-6)
+            fusion = single.fusions[0] if single.fusions else None
+            if fusion is not None and fusion.coef[1] == 0:  # the angles carry no weight
+                assert pred.lower_risk is None
+                continue
             # with several angles in the model, one of them can always move within its
             # training range towards lower risk
             assert pred.lower_risk is not None
@@ -136,6 +146,7 @@ def test_angles_from_the_manifest_cannot_be_exported(tmp_path):
         [
             f"data.manifest={manifest}",
             "models=[{name: angles, kind: angles}]",
+            "pose.landmarks=manifest",
             "tasks=[{name: CH, positive: 'ch == 1'}]",
             "cv.folds=2",
             "metrics.bootstrap=50",
@@ -146,7 +157,7 @@ def test_angles_from_the_manifest_cannot_be_exported(tmp_path):
     )
     run_study(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "pose.csv").exists()  # no estimator was needed
-    with pytest.raises(BundleError, match="pose.landmarks=estimator"):
+    with pytest.raises(BundleError, match="pose.landmarks=learned"):
         export_bundle(tmp_path / "run", task="CH", model="angles", out=tmp_path / "b")
 
 
@@ -168,3 +179,64 @@ def test_web_api_reports_angles_and_the_change_that_lowers_the_risk(estimator_st
     assert result["lower_risk_probability"] < result["probability"]
     models = client.get("/api/models").json()
     assert models[0]["sensitivity"] is not None
+
+
+@pytest.mark.parametrize("model", ["angles", "fused"])
+def test_no_score_and_no_advice_without_a_person(estimator_study, model, tmp_path):
+    # a black image used to get p = 0.141 and "raise head tilt by 15.8°" from an angle
+    # bundle (every angle imputed), and p = 0.500 from a fusion bundle
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from posturescreen.cli import app
+    from posturescreen.screening.web.app import create_app
+
+    _, _, run = estimator_study
+    folder = export_bundle(run, task="CH", model=model, out=tmp_path / "b")
+    black = tmp_path / "black.png"
+    Image.new("RGB", (160, 160)).save(black)
+    result = CliRunner().invoke(app, ["predict", str(black), "--bundle", str(folder),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output  # nothing was scored
+    assert f"black.png  CH/{model}: no person found → no score" in result.output
+    assert "p=" not in result.output and "lower the risk" not in result.output
+    row = pd.read_csv(tmp_path / "out" / "predictions.csv").iloc[0]
+    assert row["status"] == "no_person"
+    assert row[["probability", "decision", "lower_risk", "cam_overlay"]].isna().all()
+    client = TestClient(create_app([load_bundle(folder)]), base_url="http://127.0.0.1")
+    r = client.post("/api/predict", content=black.read_bytes(),
+                    headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    assert res["status"] == "no_person" and res["person_found"] is False
+    assert res["probability"] is None and res["decision"] is None
+    assert res["lower_risk"] is None and res["cam_overlay_png"] is None and not res["angles"]
+
+
+def _scores(rng, y, signal):
+    """A CNN probability and an angle logit, each with (signal) separation of the classes."""
+    cnn = 1 / (1 + np.exp(-(signal[0] * (y - 0.5) + rng.normal(0, 1, len(y)))))
+    return cnn, signal[1] * (y - 0.5) + rng.normal(0, 1, len(y))
+
+
+@pytest.mark.parametrize(("signal", "expected"), [((0, 3), "angles"), ((3, 0), "cnn"),
+                                                  ((2.5, 2.5), "both")])
+def test_the_fusion_falls_back_to_the_part_that_carries_the_signal(signal, expected):
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 150)
+    groups = np.arange(300) // 2  # two photos a worker
+    cnn, angle = _scores(rng, y, signal)
+    mode, losses = choose_mode(cnn, angle, y, groups=groups, C=1.0)
+    assert mode == expected, losses
+    assert set(losses) == {"both", "cnn", "angles"}
+
+
+def test_a_part_that_ranks_the_validation_photos_backwards_gets_no_weight():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    cnn, angle = _scores(rng, y, (-3, 0))  # the CNN's scores run the wrong way here
+    model = FusionModel.fit(cnn, angle, y, mode="cnn")
+    assert model.coef == [0.0, 0.0]
+    assert np.allclose(model.predict(cnn, angle), 0.5)  # the validation prevalence
+    # the right way round, the weight is positive
+    assert FusionModel.fit(1 - cnn, angle, y, mode="cnn").coef[0] > 0

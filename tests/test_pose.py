@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import TINY_OVERRIDES
 from posturescreen.config.study import load_config
-from posturescreen.data.deid import blur_chw, blur_face, face_in_frame
+from posturescreen.data.deid import blur_face, deidentify_chw, face_in_frame
 from posturescreen.data.images import Frame, crop_region
 from posturescreen.data.synthetic import generate_cohort
 from posturescreen.pipeline import run_study
@@ -64,7 +64,10 @@ def test_blur_changes_the_face_and_nothing_far_from_it():
     assert face > 20  # noise blurred away
     assert np.array_equal(out[60:, :], rgb[60:, :]) and np.array_equal(out[:, 60:], rgb[:, 60:])
     chw = rgb.transpose(2, 0, 1).copy()
-    assert np.array_equal(blur_chw(chw, None), chw)
+    # every face known and none there: unchanged; not every face known: all of it blurred
+    assert np.array_equal(deidentify_chw(chw, [], complete=True), chw)
+    whole = deidentify_chw(chw, [], complete=False)
+    assert np.abs(whole.astype(int) - chw).mean() > 20 and whole.shape == chw.shape
     assert face_in_frame((10, 10, 20, 20), Frame((0, 0, 100, 100), 50)) == (5, 5, 10, 10)
 
 

@@ -62,20 +62,39 @@ def test_bundle_metadata_and_zip(study, tmp_path):
         load_bundle(tampered)
 
 
-def test_bundle_operating_point_is_its_own_rule_on_the_out_of_fold_photos(study, bundle):
-    root, _, _ = study
+def test_bundle_states_its_fold_rules_and_predict_makes_the_studys_decisions(study, bundle):
+    """The exported rules are the evaluated ones: cut to fold k, the bundle decides each of
+    fold k's photos exactly as the study did, and the operating point it states is the
+    study's photo-level Sen/Spe of those decisions, with their CIs."""
+    root, manifest, _ = study
     op = bundle.metadata.operating_point
     preds = pd.read_csv(root / "run" / "predictions.csv")
     g = preds[(preds.task == "CH") & (preds.model == "test_resnet")]
-    decide = g["prob"] >= op.threshold  # the rule the bundle states, on recalibrated probs
-    tp, fn = (decide & (g.label == 1)).sum(), (~decide & (g.label == 1)).sum()
-    tn, fp = (~decide & (g.label == 0)).sum(), (decide & (g.label == 0)).sum()
+    tp, fn = ((g.pred == 1) & (g.label == 1)).sum(), ((g.pred == 0) & (g.label == 1)).sum()
+    tn, fp = ((g.pred == 0) & (g.label == 0)).sum(), ((g.pred == 1) & (g.label == 0)).sum()
     assert op.Sen == pytest.approx(tp / (tp + fn)) and op.Spe == pytest.approx(tn / (tn + fp))
-    assert op.n == len(g) and op.threshold == pytest.approx(bundle.threshold)
-    assert "recalibrated" in op.rule and "out-of-fold" in op.rule
-    # the same rule decides a new photo: mean of the recalibrated fold probabilities
+    metrics = pd.read_csv(root / "run" / "metrics.csv")
+    sen = metrics[(metrics.model == "test_resnet") & (metrics.level == "photo")
+                  & (metrics.metric == "Sen") & (metrics.ci_kind == "bootstrap")].iloc[0]
+    assert op.ci["Sen"] == pytest.approx((sen.ci_low, sen.ci_high))
+    assert op.n == len(g) and "own threshold" in op.rule and "out-of-fold" in op.rule
     fold_thresholds = [f.threshold for f in bundle.metadata.folds]
     assert op.threshold == pytest.approx(sum(fold_thresholds) / len(fold_thresholds))
+    found = pd.read_csv(root / "run" / "pose.csv").set_index("image")["person_found"]
+    decided = 0
+    for r in g.itertuples():
+        if not found[r.image]:
+            continue
+        img, full, _ = read_image_file(manifest.parent / r.image, draft_size=bundle.decode_size)
+        single = bundle.only_fold(int(r.fold))
+        pred = predict_image(single, img, full, with_cam=False)
+        assert pred.fold_decisions == [pred.decision]
+        assert (pred.decision == "positive") == bool(r.pred), r.image
+        decided += 1
+    assert decided >= 10
+    # the whole bundle: every fold rule's decision, and their majority
+    full_pred = predict_image(bundle, img, full, with_cam=False)
+    assert len(full_pred.fold_decisions) == len(bundle.metadata.folds)
 
 
 def test_fold_models_reproduce_the_out_of_fold_predictions(study, bundle):
@@ -83,51 +102,79 @@ def test_fold_models_reproduce_the_out_of_fold_predictions(study, bundle):
     cfg, _ = load_run(root / "run")
     preds = pd.read_csv(root / "run" / "predictions.csv")
     preds = preds[preds.model == "test_resnet"]
+    found = pd.read_csv(root / "run" / "pose.csv").set_index("image")["person_found"]
+    compared = 0
     for k in range(len(bundle.models)):
         sub = preds[preds["fold"] == k].head(5)
         single = bundle.only_fold(k)
         for r in sub.itertuples():
             img, full, _ = read_image_file(manifest.parent / r.image,
                                            draft_size=bundle.decode_size)
+            pred = predict_image(single, img, full, with_cam=False)
+            if not found[r.image]:  # trained on person crops: no person, no score
+                assert pred.status == "no_person" and pred.probability is None
+                continue
             # the person is found and cut out exactly as the study did
-            p = predict_image(single, img, full, with_cam=False).probability
-            assert p == pytest.approx(r.prob, abs=1e-5)
+            assert pred.probability == pytest.approx(r.prob, abs=1e-5)
             # the CAM's own forward pass gives the same probability
-            assert predict_image(single, img, full).probability == pytest.approx(p, abs=1e-5)
+            assert predict_image(single, img, full).probability == pytest.approx(
+                pred.probability, abs=1e-5)
+            compared += 1
+    assert compared >= 5
+
+
+def _with_person(study, n: int) -> list[Path]:
+    """n of the cohort's photos in which the study found a person."""
+    root, manifest, _ = study
+    pose = pd.read_csv(root / "run" / "pose.csv")
+    return [manifest.parent / p for p in pose.loc[pose["person_found"], "image"][:n]]
 
 
 def test_predict_cli_folder_csv_and_json(study, tmp_path):
     root, manifest, folder = study
     photos = tmp_path / "photos"
     photos.mkdir()
-    for src in sorted((manifest.parent / "images").glob("*.jpg"))[:3]:
+    for src in _with_person(study, 3):
         shutil.copy(src, photos / src.name)
+    Image.new("RGB", (120, 90), (150, 120, 90)).save(photos / "empty.jpg")  # nobody there
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["predict", str(photos), "--bundle", str(folder),
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "predictions.csv")
-    table["error"] = table["error"].fillna("")
-    ok = table[table["error"] == ""]
-    assert len(ok) == 3 and ok["probability"].between(0, 1).all()
+    assert table["status"].value_counts().to_dict() == {"ok": 3, "no_person": 1, "error": 1}
+    ok = table[table["status"] == "ok"]
+    assert ok["probability"].between(0, 1).all() and ok["error"].isna().all()
     assert set(ok["decision"]) <= {"positive", "negative"}
     assert (ok["fold_min"] <= ok["probability"]).all()
     assert (ok["probability"] <= ok["fold_max"]).all()
     assert all(Path(p).is_file() for p in ok["cam_overlay"])
-    assert "broken.jpg" in table.loc[table["error"] != "", "error"].iloc[0]
+    # a crop CNN without a person: no probability, decision, advice or picture
+    nobody = table[table["status"] == "no_person"].iloc[0]
+    assert nobody["photo"].endswith("empty.jpg") and not nobody["person_found"]
+    assert nobody[["probability", "fold_min", "decision", "lower_risk", "cam_overlay"]
+                  ].isna().all()
+    assert "empty.jpg  CH/test_resnet: no person found → no score" in result.output
+    assert "broken.jpg" in table.loc[table["status"] == "error", "error"].iloc[0]
     one = str(next(photos.glob("W*.jpg")))
     js = CliRunner().invoke(cli, ["predict", one, "--bundle", str(folder), "--out",
                                   str(tmp_path / "js"), "--format", "json", "--no-cam"])
     assert js.exit_code == 0, js.output
     records = json.loads((tmp_path / "js" / "predictions.json").read_text())
     assert len(records) == 1 and 0 <= records[0]["probability"] <= 1
+    assert records[0]["status"] == "ok"
 
 
-def _jpeg_with_gps(size=(120, 90)) -> bytes:
+def _jpeg_with_gps(size=(120, 90), photo: Path | None = None) -> bytes:
+    """A JPEG with a camera maker and a GPS position: a plain one, or `photo`'s own bytes
+    with the EXIF segment put in (its pixels unchanged)."""
     exif = Image.Exif()
     exif[0x010F] = "CameraMaker"
     exif[0x8825] = {1: "N", 2: (52.0, 31.0, 0.0)}  # GPS IFD
+    if photo is not None:
+        data, segment = photo.read_bytes(), exif.tobytes()
+        return data[:2] + b"\xff\xe1" + (len(segment) + 2).to_bytes(2, "big") + segment + data[2:]
     buf = io.BytesIO()
     Image.new("RGB", size, (150, 120, 90)).save(buf, "JPEG", exif=exif)
     return buf.getvalue()
@@ -138,18 +185,27 @@ def client(bundle):
     return TestClient(create_app([bundle], max_upload_bytes=200_000), base_url="http://127.0.0.1")
 
 
-def test_api_good_upload_and_docs(client):
+def test_api_good_upload_and_docs(client, study):
     page = client.get("/")
     assert page.status_code == 200 and "Drop a photo" in page.text
     models = client.get("/api/models").json()
     assert models[0]["task"] == "CH" and models[0]["folds"] == 2
     before = set(os.listdir(tempfile.gettempdir()))
+    # a photo without a person: the crop CNN gives no probability, decision or picture
     r = client.post("/api/predict", content=_jpeg_with_gps(),
                     headers={"content-type": "image/jpeg"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["width"] == 120 and body["height"] == 90
     res = body["results"][0]
+    assert res["status"] == "no_person" and res["person_found"] is False
+    assert res["probability"] is None and res["decision"] is None
+    assert res["cam_overlay_png"] is None and res["lower_risk"] is None
+    r = client.post("/api/predict", content=_jpeg_with_gps(photo=_with_person(study, 1)[0]),
+                    headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    assert res["status"] == "ok" and res["person_found"] is True
     assert 0 <= res["probability"] <= 1 and res["decision"] in ("positive", "negative")
     png = base64.b64decode(res["cam_overlay_png"].split(",", 1)[1])
     overlay = Image.open(io.BytesIO(png))
@@ -205,7 +261,7 @@ def test_page_in_headless_chromium(bundle, study, tmp_path, chromium_browser):
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    photo = next((study[1].parent / "images").glob("*.jpg"))
+    photo = _with_person(study, 1)[0]
     errors = []
     try:
         page = chromium_browser.new_page()
@@ -219,8 +275,26 @@ def test_page_in_headless_chromium(bundle, study, tmp_path, chromium_browser):
         shot = Path(os.environ.get("POSTURESCREEN_SCREENSHOTS", tmp_path)) / "serve.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot), full_page=True)
+        # a photo with nobody in it: no percentage, decision, advice or picture
+        blank = tmp_path / "blank.jpg"
+        blank.write_bytes(_jpeg_with_gps())
+        page.set_input_files("#file", str(blank))
+        page.wait_for_selector(".result[data-status=no_person]", timeout=60_000)
+        card = page.text_content(".result")
+        assert "No score" in card and "No person found in the photo" in card
+        assert "%" not in card and "lower" not in card
+        assert page.query_selector(".result img") is None
     finally:
         server.should_exit = True
         thread.join(timeout=10)
     assert shot.is_file() and shot.stat().st_size > 10_000
     assert not errors, errors
+
+
+def test_the_fold_rules_vote_and_a_tie_goes_to_the_mean_rule(bundle):
+    t0, t1 = (f.threshold for f in bundle.metadata.folds)
+    assert bundle.decide([1.0, 1.0]) == "positive" and bundle.decide([0.0, 0.0]) == "negative"
+    tie = [min(1.0, t0 + 0.01), max(0.0, t1 - 0.01)]  # fold 0 positive, fold 1 negative
+    assert bundle.fold_decisions(tie) == ["positive", "negative"]
+    assert bundle.decide(tie) == ("positive" if sum(tie) / 2 >= bundle.threshold
+                                  else "negative")

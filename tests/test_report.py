@@ -3,6 +3,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -11,8 +12,9 @@ from posturescreen.config.study import load_config
 from posturescreen.pipeline import run_study
 from posturescreen.stats.metrics import format_estimate
 
-SECTIONS = ("header", "data", "methods", "results", "roc", "confusion", "calibration",
-            "comparisons", "sensitivity", "posture", "cams", "limitations", "checklist")
+SECTIONS = ("header", "data", "reference", "methods", "results", "roc", "confusion",
+            "calibration", "comparisons", "failures", "sensitivity", "posture", "cams",
+            "limitations", "checklist")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,17 @@ def test_report_numbers_come_from_the_run_folder(reported):
         assert len(metrics[metrics.level == level]) == 3 * 2 * 7 * 2
     assert {c["task"] for c in results["confusion"]} == {"CH", "NSP", "CH+NSP"}
     # the raw pooled AUC is shown beside the primary (recalibrated) one, with the fold range
+    # calibration before → after with CIs read from calibration_summary.csv
+    summary = pd.read_csv(reported / "calibration_summary.csv")
+    assert set(summary["scores"]) == {"raw", "recalibrated"}
+    for r in summary[summary.scores == "raw"].itertuples():
+        if np.isfinite(r.slope_low):
+            assert f"{r.slope:.2f} ({r.slope_low:.2f} to {r.slope_high:.2f})" in html
+    # which pairs each AUC uses, with its CI
+    for r in pd.read_csv(reported / "auc_estimands.csv").itertuples():
+        assert format_estimate(r.auc, r.ci_low, r.ci_high) in html
+    assert {"sample_flow", "missing_data", "subgroups", "misclassified", "limitations",
+            "availability", "reference_standard"} <= set(results)
     pooling = pd.DataFrame(results["auc_pooling"])
     assert set(pooling.columns) >= {"raw_pooled", "recalibrated_pooled", "fold_stratified",
                                     "fold_min", "fold_max"}

@@ -35,8 +35,25 @@ def test_tiny_study_writes_every_artefact(finished_run):
         "metrics.csv",
         "metrics_per_fold.csv",
         "metrics.md",
+        "worker_level.csv",
+        "auc_estimands.csv",
+        "calibration_summary.csv",
+        "subgroups.csv",
+        "misclassified.csv",
+        "reference_standard.csv",
     ):
         assert (run_dir / name).is_file(), name
+    # labels are per worker here: the worker level stands, and between-worker pairs are
+    # all the within-fold pairs
+    assert (pd.read_csv(run_dir / "worker_level.csv")["status"] == "ok").all()
+    est = pd.read_csv(run_dir / "auc_estimands.csv")
+    photo = est[est.level == "photo"].pivot_table(index=["task", "model"], columns="estimand",
+                                                  values="pairs")
+    assert (photo["between_workers"] == photo["within_fold"]).all()
+    # every fold model's recalibration says what it chose and why
+    cal = pd.read_csv(run_dir / "calibration.csv")
+    assert set(cal["method"]) <= {"none", "intercept", "platt"}
+    assert cal["note"].str.len().gt(0).all()
     for task in ("CH", "NSP", "CH+NSP"):
         for k in range(3):
             d = run_dir / task / "test_resnet" / f"fold{k}"
@@ -50,6 +67,7 @@ def test_tiny_study_writes_every_artefact(finished_run):
                 assert (d / name).is_file(), d / name
             info = json.loads((d / "fold.json").read_text())
             assert 0 < info["threshold"] < 1 and info["threshold_rule"] == "youden"
+            assert {"val_share", "warnings", "degenerate"} <= set(info["inner_split"])
             log = pd.read_csv(d / "train_log.csv")
             assert list(log.columns[:5]) == ["epoch", "train_loss", "val_loss", "val_auc", "lr"]
     assert set(metrics["ci_kind"]) == {"bootstrap", "fold_t"}

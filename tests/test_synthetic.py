@@ -133,6 +133,8 @@ def test_demo_config_runs_end_to_end_at_tiny_size(small_cohort, tmp_path):
     cfg = demo_config(small_cohort, ["models=[{name: tf_efficientnet_lite0, "
                                      "pretrained: imagenet, image_size: 32}]",
                                      "train.epochs=1", "metrics.bootstrap=100",
+                                     "pose.learned={pretrained: none, input_size: 64, "
+                                     "epochs: 1, min_photos: 4}",
                                      "cv.folds=2"])
     assert [t.name for t in cfg.tasks] == ["CH", "NSP", "CH+NSP"]
     metrics = run_study(cfg, tmp_path / "demo")

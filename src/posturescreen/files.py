@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -98,3 +99,58 @@ def ensure_writable_dir(path: Path) -> None:
         raise OutputError(
             e.errno, f"output folder {path} is not writable: {e.strerror or e}"
         ) from e
+
+
+class InputFileError(PostureScreenError, ValueError):
+    """An input file (photo, manifest, config) that is not a regular file of an allowed
+    size; the message says why, the caller names the file."""
+
+
+def _problem(st: os.stat_result, max_bytes: int, expected: str) -> str | None:
+    if stat.S_ISDIR(st.st_mode):
+        return f"is a directory, expected {expected}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file (a device, pipe or socket), expected {expected}"
+    if st.st_size > max_bytes:
+        return f"{st.st_size / 2**20:.0f} MB; at most {max_bytes >> 20} MB is read"
+    return None
+
+
+def input_file_problem(path: Path, max_bytes: int, *, expected: str) -> str | None:
+    """Why `path` cannot be read as an input file (missing, a folder, a device such as
+    /dev/zero, a pipe, too large), or None; found without opening it. Symbolic links are
+    followed: their target must be such a file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "broken symbolic link or symlink loop"
+        return "file not found"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "broken symbolic link or symlink loop"
+        return f"cannot be read ({e.strerror or e})"
+    return _problem(st, max_bytes, expected)
+
+
+def read_input_file(path: Path, max_bytes: int, *, expected: str) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`, checked before opening and again
+    on the open file (it could have been swapped), never read past the cap."""
+    problem = input_file_problem(path, max_bytes, expected=expected)
+    if problem:
+        raise InputFileError(problem)
+    try:
+        # O_NONBLOCK: a pipe swapped into the file's place must not block the open
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            problem = _problem(os.fstat(f.fileno()), max_bytes, expected)
+            if problem:
+                raise InputFileError(problem)
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise InputFileError("file not found") from None
+    except OSError as e:
+        raise InputFileError(f"cannot be read ({e.strerror or e})") from None
+    if len(data) > max_bytes:
+        raise InputFileError(f"more than {max_bytes >> 20} MB; at most that is read")
+    return data

@@ -18,6 +18,7 @@ from posturescreen.models.training import resolve_device
 from posturescreen.report import build_report
 from posturescreen.study.executors import Executor, JobsFailedError, LocalExecutor, job_waves
 from posturescreen.study.jobs import train_job, wave_of, write_job
+from posturescreen.study.landmarks import learn_landmarks
 from posturescreen.study.prepare import prepare_study
 from posturescreen.study.results import collect_predictions, write_results
 
@@ -33,6 +34,8 @@ def run_study(
     by `max_jobs`."""
     console = console or Console(stderr=True)
     ctx = prepare_study(cfg, Path(run_dir), console)
+    if ctx.landmark_source == "learned":  # before any job: the angles they see
+        ctx.fold_angles = learn_landmarks(ctx, console)
     executor = executor or LocalExecutor(console)
     jobs = ctx.jobs()
     todo = [j for j in jobs if not j.is_done(ctx.run_dir)]

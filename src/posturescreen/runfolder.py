@@ -10,14 +10,22 @@ runs/<name>/
   skipped_images.csv     photos left out: unreadable (--skip-bad-images) or repeated (keep_first)
   pose.csv, angles.csv   estimator points and boxes; posture angles (landmark source named)
   no_person.csv          photos where no person was found (kept: whole scene, NaN angles)
+  landmarks/             learned landmark models and the points each fold's models see
+  landmark_points.csv    out-of-fold learned points (each photo by the models of its fold)
+  landmark_agreement.csv, landmark_errors.csv   those angles and points vs the annotations
   annotation_qc.json     the annotation QC summary found beside the manifest (`annotate --export`)
   <task>/<model>/fold<k>/
       checkpoint.safetensors, train_log.csv, val_predictions.csv, fold.json,
       predictions.csv    written last = job done
   predictions.csv        out-of-fold photos: raw and recalibrated probability, decision
   worker_predictions.csv the same per worker (photos aggregated)
-  calibration.csv        per fold: recalibration, photo and worker thresholds
+  calibration.csv        per fold: recalibration chosen (and why), photo and worker thresholds
+  calibration_summary.csv  calibration-in-the-large, slope, Brier with CIs, raw and recalibrated
+  worker_level.csv       per task: workers whose photos hold both classes; worker level ok/refused
   metrics.csv            per task × model × level (worker, photo) × metric, both CI kinds
+  auc_estimands.csv      which pairs each AUC uses (within fold, between workers), their share
+  subgroups.csv, misclassified.csv   performance by site/subject/person found; wrong photos
+  reference_standard.csv each angle's AUC against each task's label (incorporation bias)
   metrics_per_fold.csv, auc_pooling.csv, comparisons.csv, metrics.md
   cams/                  after `explain`
   sensitivity/<override>/  each sensitivity analysis, a run folder of its own
@@ -30,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -42,8 +50,11 @@ import yaml
 from pydantic import ValidationError
 
 from posturescreen import __version__
+from posturescreen.config.names import safe_name
 from posturescreen.config.study import StudyConfig
 from posturescreen.errors import PostureScreenError
+
+__all__ = ["safe_name"]  # task and model names as folder names (config.names)
 
 CONFIG = "config.yaml"
 COHORT = "cohort.csv"
@@ -52,12 +63,23 @@ SKIPPED_IMAGES = "skipped_images.csv"
 POSE = "pose.csv"  # the pose estimator's points and boxes per photo
 ANGLES = "angles.csv"  # posture angles per photo, and where their landmarks came from
 NO_PERSON = "no_person.csv"  # photos where the estimator found no person
+LANDMARKS = "landmarks"  # learned landmarks: models/<name>/, fold<k>/ (study/landmarks.py)
+LANDMARK_POINTS = "landmark_points.csv"  # out-of-fold learned points per photo
+LANDMARK_AGREEMENT = "landmark_agreement.csv"  # their angles vs the annotations' (and the
+# estimator's), with ICC CIs over workers
+LANDMARK_ERRORS = "landmark_errors.csv"  # their points vs the annotations: pixels, PCK
 ANNOTATION_QC = "annotation_qc.json"  # copied from beside the manifest (annotate --export)
 PREDICTIONS = "predictions.csv"  # run level (all jobs) and job level (its test fold)
 WORKER_PREDICTIONS = "worker_predictions.csv"  # a worker's photos aggregated, per task × model
 CALIBRATION = "calibration.csv"  # per fold: Platt recalibration and thresholds (both levels)
 AUC_POOLING = "auc_pooling.csv"  # raw, recalibrated and fold-stratified pooled AUCs
 COMPARISONS = "comparisons.csv"  # DeLong (clustered at photo level), Holm-adjusted
+CALIBRATION_SUMMARY = "calibration_summary.csv"  # CITL, slope, Brier with CIs, before/after
+WORKER_LEVEL = "worker_level.csv"  # per task: label agreement within workers; ok or refused
+AUC_ESTIMANDS = "auc_estimands.csv"  # which pairs each AUC uses, with CIs and pair shares
+SUBGROUPS = "subgroups.csv"  # performance by site, subject group, person found
+MISCLASSIFIED = "misclassified.csv"  # photos decided wrongly, with probability and threshold
+REFERENCE_STANDARD = "reference_standard.csv"  # single-angle AUCs against each task's label
 METRICS = "metrics.csv"
 METRICS_PER_FOLD = "metrics_per_fold.csv"
 METRICS_MD = "metrics.md"
@@ -83,11 +105,6 @@ class RunFolderConflict(RunFolderError):
 
 class NotARunFolder(RunFolderError):
     """The folder is not (yet) a posturescreen run folder."""
-
-
-def safe_name(name: str) -> str:
-    """A task or model name as a folder name."""
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
 
 
 @dataclass(frozen=True)
@@ -161,6 +178,23 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def source_revision() -> dict[str, str | bool | None]:
+    """The git commit of the posturescreen source running, when it runs from a git checkout
+    (None otherwise, e.g. an installed wheel), and whether tracked files were changed."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return {"git_commit": None, "git_dirty": None}
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": head or None, "git_dirty": bool(dirty)}
+
+
 def config_record(cfg: StudyConfig, data_hash: str, decode_size: int | None = None) -> dict:
     """What config.yaml holds: the resolved config under a header that identifies the run
     (decode_size: the JPEG draft size photos were decoded at, for explain and export)."""
@@ -171,6 +205,7 @@ def config_record(cfg: StudyConfig, data_hash: str, decode_size: int | None = No
             "decode_size": decode_size,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": library_versions(),
+            "code": {"posturescreen": __version__, **source_revision()},
         },
         **cfg.model_dump(mode="json"),
     }

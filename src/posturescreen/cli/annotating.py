@@ -29,6 +29,7 @@ from posturescreen.posture.estimator import POINTS
 from posturescreen.posture.raters import formatted_angles, formatted_points
 from posturescreen.screening.annotate.app import create_app, suggestions_label
 from posturescreen.screening.annotate.export import export_annotations, two_rater_tables
+from posturescreen.screening.annotate.learned import LearnedSuggester
 from posturescreen.screening.annotate.session import DEFAULT_LANDMARKS, open_session
 from posturescreen.screening.annotate.suggest import PoseSuggester, Suggestions
 from posturescreen.screening.web.hosts import allowed_hosts
@@ -61,6 +62,10 @@ def annotate(
     suggest: Annotated[bool, typer.Option(
         help="open each photo with the pose estimator's points as suggestions "
              "(--no-suggest: raters place every point unprompted)")] = True,
+    suggest_from: Annotated[Path | None, typer.Option(
+        "--suggest-from", help="suggest with the learned landmark models of this bundle (an "
+                               "angle or fusion bundle of a study with pose.landmarks: learned) "
+                               "instead of the pose estimator")] = None,
     annotations: Annotated[Path | None, typer.Option(
         "--annotations", help="the annotation file (default: <manifest stem>.annotations.csv "
                               "beside the manifest)")] = None,
@@ -96,7 +101,10 @@ def annotate(
                            rater=check_rater(who), annotation_file=annotations)
     wanted = suggest and any(n in POINTS for n in session.names)
     try:
-        suggester = PoseSuggester() if wanted else None
+        if suggest and suggest_from is not None:
+            suggester = LearnedSuggester(suggest_from)
+        else:
+            suggester = PoseSuggester() if wanted else None
     except MissingExtraError as e:
         fail(f"{e} (or annotate without suggestions: --no-suggest)")
     suggestions = Suggestions(suggester, session.paths, session.names)

@@ -19,6 +19,7 @@ from posturescreen.cli.app import (
     fail,
 )
 from posturescreen.progress import progress_bar
+from posturescreen.screening.batch import check_out_folder
 from posturescreen.screening.bundle import load_bundle
 from posturescreen.screening.export import export_bundle
 from posturescreen.screening.predict import collect_photos, predict_files, write_predictions
@@ -58,11 +59,14 @@ def predict(
     old_model: OldModelOption = None,
 ) -> None:
     """Probability per photo and task (mean of the fold models, with their range), the
-    decision at the bundle's threshold, and a CAM overlay."""
+    decision at the bundle's threshold, and a CAM overlay. A photo without a person gets no
+    score from a bundle that needs one (status no_person); exit code 2 when no photo got a
+    score."""
     bundles = [load_bundle(b) for b in bundle_paths(bundle, old_model)]
     files = collect_photos(photos)
     if not files:
         fail("no photos found in " + ", ".join(str(p) for p in photos))
+    check_out_folder(out)  # before any photo is read: a refused --out costs nothing
     with progress_bar(err_console, disable=len(files) < 2) as progress:
         bar = progress.add_task("predicting", total=len(files))
         table = predict_files(
@@ -74,19 +78,36 @@ def predict(
             blur_faces=blur_faces,
         )
     target = write_predictions(table, out, fmt.value)
-    ok = table[table["error"] == ""] if "error" in table else table
-    for r in ok.itertuples():
-        console.print(
-            f"{Path(r.photo).name}  {r.task}/{r.model}: p={r.probability:.3f} "
-            f"(folds {r.fold_min:.3f}–{r.fold_max:.3f}) → {r.decision}"
-        )
-        if isinstance(r.lower_risk, str) and r.lower_risk:
-            console.print(
-                f"    what would lower the risk (a model property, not advice): {r.lower_risk}"
-            )
-    for r in table[table["error"] != ""].itertuples():
-        err_console.print(f"[red]skipped[/red] {r.error}", highlight=False)
+    _print_rows(table)
     console.print(f"written: {target.resolve()}")
+    scored = int((table["status"] == "ok").sum())
+    if not scored:
+        fail(f"none of the {len(files)} photo(s) got a score: "
+             f"{_count(table, 'no_person')} without a person, {_count(table, 'error')} "
+             f"unreadable or failed (each listed above and in {target})")
+
+
+def _count(table, status: str) -> int:
+    return int((table["status"] == status).sum())
+
+
+def _print_rows(table) -> None:
+    """One line per photo × bundle: its score, or why it has none."""
+    for r in table.itertuples():
+        name = Path(r.photo).name
+        if r.status == "ok":
+            console.print(f"{name}  {r.task}/{r.model}: p={r.probability:.3f} "
+                          f"(folds {r.fold_min:.3f}–{r.fold_max:.3f}) → {r.decision}",
+                          highlight=False, markup=False)
+            if isinstance(r.lower_risk, str) and r.lower_risk:
+                console.print("    what would lower the risk (a model property, not advice): "
+                              f"{r.lower_risk}", highlight=False, markup=False)
+        elif r.status == "no_person":
+            console.print(f"{name}  {r.task}/{r.model}: no person found → no score (this "
+                          "model needs one)", highlight=False, markup=False)
+        else:
+            err_console.print("[red]skipped[/red] ", end="")
+            err_console.print(r.error, highlight=False, markup=False)
 
 
 @app.command()

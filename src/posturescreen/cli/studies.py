@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from posturescreen.cli.annotating import rater_agreement_command
 from posturescreen.cli.app import (
     ConfigOption,
     SetOption,
@@ -34,7 +33,6 @@ from posturescreen.data.synthetic import (
 from posturescreen.demo import demo_cohort, demo_config
 from posturescreen.explain import enrichment_table, explain_run
 from posturescreen.pipeline import run_study
-from posturescreen.posture.agreement import formatted_agreement, measure_agreement, write_agreement
 from posturescreen.progress import progress_bar
 from posturescreen.report import build_report
 from posturescreen.report.tracking import log_to_mlflow
@@ -156,73 +154,6 @@ def validate(
             f"  {col}=1: {int(t[col].sum())} photos, "
             f"{t.loc[t[col] == 1, data_cfg.subject_column].nunique()} subjects"
         )
-
-
-@app.command()
-def agreement(
-    manifest: Annotated[Path, typer.Argument(help="manifest CSV with landmark columns")],
-    *,
-    config: ConfigOption = None,
-    overrides: SetOption = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", help="folder for agreement.csv, the per-photo angles and a Bland–Altman plot"
-        ),
-    ] = None,
-    min_visibility: Annotated[float | None, typer.Option(
-        help="estimator points less visible than this are not used (default: the config's "
-             "pose.min_visibility)", min=0, max=1)] = None,
-    raters: Annotated[str | None, typer.Option(
-        help="instead: two raters' agreement, e.g. --raters A,B, from the annotation file "
-             "(`posturescreen annotate`)")] = None,
-    annotations: Annotated[Path | None, typer.Option(
-        "--annotations", help="with --raters: the annotation file (default: <manifest "
-                              "stem>.annotations.csv beside the manifest)")] = None,
-) -> None:
-    """How well the pose estimator's angles agree with hand-placed landmarks: bias, MAE,
-    Bland–Altman limits and ICC(2,1) per angle. With --raters A,B: how two raters'
-    landmarks agree (per point and per angle, ICC with a bootstrap CI over workers)."""
-    # labels are not needed here: a manifest without ch/nsp columns is fine
-    cfg = study_config(config, ["data.label_columns=[]", *(overrides or [])]
-                       if config is None else overrides)
-    data_cfg = cfg.data
-    if raters is not None:
-        rater_agreement_command(manifest, data=data_cfg, raters=raters,
-                                annotation_file=annotations, out=out)
-        return
-    if annotations is not None:
-        fail("--annotations goes with --raters A,B (two raters' agreement)")
-    if min_visibility is None:
-        min_visibility = cfg.pose.min_visibility
-    with progress_bar(err_console) as progress:
-        bar = progress.add_task("finding poses", total=None)
-        table, hand, est = measure_agreement(
-            manifest,
-            data_cfg,
-            min_visibility=min_visibility,
-            progress=lambda n: progress.advance(bar, n),
-            total=lambda n: progress.update(bar, total=n),
-        )
-    if table.empty:
-        fail(
-            f"{manifest}: no angle could be measured both from landmark columns (<name>_x, "
-            "<name>_y for ear, c7 or shoulder, hip, ...) and by the estimator"
-        )
-    t = Table(
-        title="estimator vs hand-placed landmarks",
-        title_justify="left",
-        caption="bias = estimator − hand; LoA: Bland–Altman 95% limits of agreement",
-    )
-    rows = formatted_agreement(table)
-    for col in rows.columns:
-        t.add_column(col)
-    for r in rows.itertuples(index=False):
-        t.add_row(*r)
-    console.print(t)
-    if out is not None:
-        write_agreement(out, table=table, hand=hand, estimator=est)
-        console.print(f"written: {out.resolve()}")
 
 
 @app.command()

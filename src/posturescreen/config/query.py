@@ -167,6 +167,9 @@ def _check_literal(q: Query, node: ast.expr) -> None:
             and isinstance(node.operand, ast.Constant)
             and type(node.operand.value) in (int, float)):
         return  # a signed number
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and not node.value.strip():
+        raise _error(q, node, "empty text never matches: missing cells never match any "
+                              "comparison")
     if isinstance(node, ast.Constant) and type(node.value) in (int, float, str, bool):
         return
     _not_allowed(q, node)
@@ -181,11 +184,30 @@ def _literal(node: ast.expr) -> Any:
 
 
 def evaluate(query: Query, table: pd.DataFrame) -> pd.Series:
-    """True/False per row of `table`; missing cells compare as False (pandas' rules)."""
+    """True/False per row of `table`. A comparison with a missing cell (empty, NaN) is
+    unknown, and stays unknown under `not` (three-valued logic: unknown and False is False,
+    unknown or True is True); a row matches only when its query is True. So missing cells
+    never match any comparison: not `!=`, not `not in`, not `not (...)`."""
     result = _condition(query, query.tree, table)
     if not isinstance(result, pd.Series):
         result = pd.Series(bool(result), index=table.index)
     return result.fillna(False).astype(bool)
+
+
+def _missing(value: Any) -> pd.Series | bool:
+    """Where a column's cell is missing: NaN/None, or text that is empty or blank."""
+    if not isinstance(value, pd.Series):
+        return False
+    blank = value.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
+    return value.isna() | blank
+
+
+def _unknown_where(part: Any, missing: pd.Series | bool) -> Any:
+    """A comparison's result with pd.NA (unknown) where an operand's cell is missing."""
+    if not isinstance(part, pd.Series):
+        return part
+    part = part.astype("boolean")
+    return part.mask(missing, pd.NA) if isinstance(missing, pd.Series) else part
 
 
 def _condition(q: Query, node: ast.expr, table: pd.DataFrame) -> Any:
@@ -237,7 +259,7 @@ def _compare(q: Query, node: ast.Compare, table: pd.DataFrame) -> Any:
             for e, v in zip(right_node.elts, values, strict=True):  # type: ignore[attr-defined]
                 _check_types(q, e, left, v)
             mask = left.isin(values)
-            return ~mask if isinstance(op, ast.NotIn) else mask
+            return _unknown_where(~mask if isinstance(op, ast.NotIn) else mask, _missing(left))
         right = _value(q, right_node, table)
         if isinstance(left, pd.Series):
             _check_types(q, right_node, left, right)
@@ -247,6 +269,7 @@ def _compare(q: Query, node: ast.Compare, table: pd.DataFrame) -> Any:
             part = _COMPARE[type(op)](left, right)
         except (TypeError, ValueError, OverflowError) as e:
             raise _error(q, node, f"cannot be compared ({e})") from None
+        part = _unknown_where(part, _missing(left) | _missing(right))
         out = part if out is True else (out & part)
         left_node, left = right_node, right
     return out

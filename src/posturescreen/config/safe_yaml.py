@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from posturescreen.errors import PostureScreenError
+from posturescreen.files import InputFileError, read_input_file
 
 MAX_YAML_BYTES = 1 << 20
 MAX_EXPANDED_NODES = 10_000  # the paper's config has about 80
@@ -105,13 +106,9 @@ def _short(err: yaml.YAMLError, limit: int = 300) -> str:
 def read_yaml_file(path: Path) -> Any:
     """load_yaml of a file's text; a missing, unreadable or non-UTF-8 file is named."""
     try:
-        if path.is_file() and path.stat().st_size > MAX_YAML_BYTES:
-            raise YamlInputError(f"larger than {MAX_YAML_BYTES >> 20} MB")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise YamlInputError("file not found") from None
-    except OSError as e:
-        raise YamlInputError(f"cannot be read ({e.strerror or e})") from None
+        raw = read_input_file(path, MAX_YAML_BYTES, expected="a YAML file")
+    except InputFileError as e:
+        raise YamlInputError(str(e)) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -12,30 +12,31 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from posturescreen.config.names import (
+    MAX_NAME,
+    check_model_name,
+    check_task_name,
+    sharing_a_folder,
+)
 from posturescreen.config.overrides import (
     apply_model_override,
     format_validation_error,
     parse_override,
     set_dotted,
 )
+from posturescreen.config.pose import PoseConfig
 from posturescreen.config.query import parse_query
 from posturescreen.config.safe_yaml import YamlInputError, read_yaml_file
+from posturescreen.config.strict import _Strict
 from posturescreen.errors import ConfigError
 
 __all__ = ["ConfigError", "StudyConfig", "load_config", "parse_override"]
-
-
-class _Strict(BaseModel):
-    # a typo is an error, never a silent default; .inf and .nan are never a setting
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -51,6 +52,16 @@ class DataConfig(_Strict):
     )
     site_column: str | None = Field(
         "site", description="the centre column, for leave-one-site-out folds (null: none)")
+    subject_unit: str = Field(
+        "worker", min_length=1, max_length=60,
+        description="what one value of subject_column is (e.g. worker, patient, capture "
+        "session): the report names the unit of analysis, its folds and its bootstrap with it")
+    labels_from_landmarks: bool = Field(
+        False,
+        description="the task labels were derived from the same landmarks (or the same "
+        "annotation) the angle models read: the report then flags incorporation bias beside "
+        "every angle and fusion model (it also flags any task a single angle nearly "
+        "reproduces)")
     skip_bad_images: bool = Field(
         False, description="train without unreadable photos (listed in the run) instead of stopping"
     )
@@ -68,20 +79,23 @@ def _check_query(text: str | None) -> str | None:
 
 
 class TaskConfig(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_+\-]+$",
-                      description="the task's name in tables, folders and bundles")
+    name: str = Field(min_length=1, max_length=MAX_NAME,
+                      description="the task's name in tables, folders and bundles: letters, "
+                      "digits, _ + -, starting with a letter or digit")
     positive: str = Field(description="query selecting the positive photos (README: Tasks)")
     negative: str | None = Field(
         None, description="query selecting the negatives; default from `negatives`"
     )
 
     _queries = field_validator("positive", "negative")(_check_query)
+    _name = field_validator("name")(check_task_name)
 
 
 class ModelConfig(_Strict):
-    name: str = Field(min_length=1, max_length=200, description="cnn: a torchvision/timm "
-                      "architecture (vgg19, resnet50, efficientnet_b5, any timm name); angles "
-                      "and fusion: any name")
+    name: str = Field(min_length=1, max_length=MAX_NAME,
+                      description="cnn: a torchvision/timm architecture (vgg19, resnet50, "
+                      "efficientnet_b5, any timm name); angles and fusion: any name of "
+                      "letters, digits, _ . + -, starting with a letter or digit")
     kind: Literal["cnn", "angles", "fusion"] = Field(
         "cnn",
         description="cnn: a CNN on the photo (name = torchvision/timm architecture); angles: "
@@ -91,8 +105,20 @@ class ModelConfig(_Strict):
     pretrained: str = Field("imagenet", description="cnn: imagenet | none | path to a weights file")
     image_size: int | None = Field(
         None, ge=16, le=2048, description="cnn: default from the weights' metadata")
-    cnn: str | None = Field(None, description="fusion: the name of this study's CNN to fuse")
-    C: float = Field(1.0, gt=0, le=1e6, description="angles/fusion: inverse L2 penalty")
+    cnn: str | None = Field(None, max_length=MAX_NAME,
+                            description="fusion: the name of this study's CNN to fuse")
+    _names = field_validator("name", "cnn")(check_model_name)
+    C: float | Literal["auto"] = Field(
+        "auto", description="angles/fusion: the angle model's inverse L2 penalty; auto: "
+        "chosen inside each training fold by a grouped cross-validation (log-loss) among "
+        "0.01, 0.1, 1 and 10")
+
+    @field_validator("C")
+    @classmethod
+    def _positive_C(cls, v: float | str) -> float | str:
+        if v != "auto" and not 0 < v <= 1e6:
+            raise ValueError("C must be auto or a number in (0, 1e6]")
+        return v
 
     @model_validator(mode="after")
     def _fusion_names_a_cnn(self) -> ModelConfig:
@@ -101,20 +127,6 @@ class ModelConfig(_Strict):
         if self.kind != "fusion" and self.cnn:
             raise ValueError("`cnn` is only for fusion models")
         return self
-
-
-class PoseConfig(_Strict):
-    landmarks: Literal["auto", "manifest", "estimator"] = Field(
-        "auto",
-        description="where the angles' landmarks come from: auto = the manifest's <name>_x/_y "
-        "columns when it has ear and C7 or shoulder, else the pose estimator",
-    )
-    min_visibility: float = Field(
-        0.5, ge=0, le=1, description="estimator points less visible than this are not used")
-    crop: bool = Field(
-        True, description="CNNs see the person (the estimator's box plus a margin) instead of "
-        "the whole scene; photos without a person found keep the whole scene")
-    crop_margin: float = Field(0.1, ge=0, le=1, description="margin around the person box")
 
 
 class PrivacyConfig(_Strict):
@@ -297,6 +309,9 @@ class StudyConfig(_Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind} names must be unique, repeated: {dupes}")
+            for group in sharing_a_folder(names):
+                raise ValueError(f"{kind} names {' and '.join(map(repr, group))} would share "
+                                 "one folder (folder names ignore case); rename one")
         cnns = {m.name for m in self.models if m.kind == "cnn"}
         for m in self.models:
             if m.kind == "fusion" and m.cnn not in cnns:
@@ -330,6 +345,8 @@ class StudyConfig(_Strict):
         recorded separately)."""
         payload = self.model_dump(mode="json")
         payload["data"].pop("manifest", None)
+        for described in ("subject_unit", "labels_from_landmarks"):  # words for the report
+            payload["data"].pop(described, None)
         payload.pop("cams", None)  # explaining or reporting does not change results
         payload.pop("report", None)
         payload.pop("privacy", None)

@@ -1,10 +1,14 @@
-"""De-identification of pictures: faces blurred, from the pose estimator's face box, in every
-image the report, CAM galleries and pages show (`privacy.blur_faces`, on by default).
+"""De-identification of pictures: faces blurred in every image the report, CAM galleries and
+pages show (`privacy.blur_faces`, on by default). It fails closed: when not every face in a
+photo could be found (posture/faces.py says when), the whole picture is blurred.
 
-The blur is strong (a Gaussian of a third of the face's size, inside an ellipse with a soft
-edge): it hides identity, not posture — the head's outline and position stay visible."""
+A face's blur is strong (a Gaussian of a third of the face's size, inside an ellipse with a
+soft edge): it hides identity, not posture — the head's outline and position stay
+visible."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -38,8 +42,21 @@ def face_in_frame(face: Box | None, frame: Frame | None) -> Box | None:
     return (x0, y0, x1, y1)
 
 
-def blur_chw(image_chw: np.ndarray, box: Box | None) -> np.ndarray:
-    """blur_face for a (3, S, S) model input; unchanged when there is no face box."""
-    if box is None:
-        return image_chw
-    return blur_face(image_chw.transpose(1, 2, 0), box).transpose(2, 0, 1).copy()
+def blur_whole(rgb: np.ndarray) -> np.ndarray:
+    """The whole RGB uint8 (H, W, 3) picture blurred as strongly as a face: what a picture
+    shows when not every face in it could be found."""
+    radius = max(2.0, max(rgb.shape[:2]) / 12)
+    return np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(radius))).copy()
+
+
+def deidentify_chw(image_chw: np.ndarray, boxes: Sequence[Box], *, complete: bool
+                   ) -> np.ndarray:
+    """A (3, S, S) picture with every face box (its pixels) blurred, or, when the boxes are
+    not known to be every face (`complete` False), the whole picture: it fails closed."""
+    rgb = image_chw.transpose(1, 2, 0)
+    if not complete:
+        rgb = blur_whole(np.ascontiguousarray(rgb))
+    else:
+        for box in boxes:
+            rgb = blur_face(np.ascontiguousarray(rgb), box)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))

@@ -19,10 +19,22 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from posturescreen.errors import PostureScreenError
+from posturescreen.files import InputFileError, input_file_problem, read_input_file
 
 # Keep Pillow's decompression-bomb guard, and make its warning tier an error too.
 if Image.MAX_IMAGE_PIXELS is None:  # someone disabled it globally; restore the default
     Image.MAX_IMAGE_PIXELS = 89_478_485
+
+MAX_PHOTO_BYTES = 256 * 2**20  # a photo file; a larger one is refused unread
+# the most memory decoding one photo and converting it to RGB may take (estimated from its
+# mode before any pixel is decoded): Pillow's bomb guard counts pixels only, and a 179 KB
+# 16-bit 9000 × 9000 PNG, within its count, took 2 GB and 10-18 s to convert
+MAX_DECODED_BYTES = 2**30
+# bytes per pixel at the peak of decode_image, by mode: Pillow's buffer (1, 2 or 4 bytes)
+# and its rotated copy, plus the conversion (16- and 32-bit grey go through float64 arrays)
+_PEAK_BYTES = {"1": 6, "L": 6, "P": 6, "I;16": 36, "I;16B": 36, "I;16L": 36, "I;16N": 36,
+               "I": 40, "F": 40, "RGB": 8, "RGBA": 16, "LA": 16, "PA": 16}
+_PEAK_BYTES_OTHER = 12  # CMYK, YCbCr, LAB, HSV: 4 bytes, a copy, RGB
 
 # The only formats a photo may be in; Pillow's other plugins are never tried (EPS, for one,
 # would hand the bytes to Ghostscript). JPEG includes phones' multi-picture JPEGs (MPO).
@@ -57,6 +69,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, P, CMYK, YCbCr, 1, LAB, HSV
 
 
+def _check_decoded_bytes(img: Image.Image, name: str) -> None:
+    """Refuse, before decoding, a photo whose decoding would take more than
+    MAX_DECODED_BYTES (its size as it will decode: after a JPEG's draft reduction)."""
+    need = img.width * img.height * _PEAK_BYTES.get(img.mode, _PEAK_BYTES_OTHER)
+    if need > MAX_DECODED_BYTES:
+        raise ImageReadError(
+            f"{name}: {img.width} × {img.height} pixels in mode {img.mode} would take "
+            f"{need / 2**30:.1f} GB to decode (the limit is {MAX_DECODED_BYTES / 2**30:g} "
+            "GB); save it smaller or as 8-bit")
+
+
 def decode_image(
     data: bytes, name: str, draft_size: int | None = None
 ) -> tuple[Image.Image, tuple[int, int]]:
@@ -71,14 +94,17 @@ def decode_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
             width, height = img.size
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: 90° turns
-                width, height = height, width
             if draft_size and img.format == "JPEG":
                 # let libjpeg decode at a reduced scale: much faster for big photos
                 img.draft("RGB", (draft_size, draft_size))
+            _check_decoded_bytes(img, name)  # before getexif: a PNG's decodes the pixels
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: 90° turns
+                width, height = height, width
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img), (width, height)
+    except ImageReadError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageReadError(f"{name}: refused as a possible decompression bomb ({e})") from e
     except UnidentifiedImageError as e:
@@ -88,20 +114,21 @@ def decode_image(
         raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from e
 
 
+def photo_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be a photo file (missing, a folder, a device such as /dev/zero, a
+    pipe, too large), or None; checked without opening it."""
+    problem = input_file_problem(path, MAX_PHOTO_BYTES, expected="an image file")
+    return f"{path}: {problem}" if problem else None
+
+
 def read_image_file(
     path: Path, draft_size: int | None = None
 ) -> tuple[Image.Image, tuple[int, int], str]:
     """Read a photo from disk: the image, its full (width, height) and its bytes' sha256."""
     try:
-        if path.is_dir():
-            raise ImageReadError(f"{path}: is a directory, expected an image file")
-        data = path.read_bytes()
-    except FileNotFoundError as e:
-        raise ImageReadError(f"{path}: file not found") from e
-    except ImageReadError:
-        raise
-    except OSError as e:
-        raise ImageReadError(f"{path}: cannot be read ({e.strerror or e})") from e
+        data = read_input_file(Path(path), MAX_PHOTO_BYTES, expected="an image file")
+    except InputFileError as e:
+        raise ImageReadError(f"{path}: {e}") from None
     img, size = decode_image(data, str(path), draft_size)
     return img, size, hashlib.sha256(data).hexdigest()
 
@@ -164,6 +191,11 @@ class Frame:
     def point(self, x: float, y: float) -> tuple[float, float]:
         scale, ox, oy = self.geometry()
         return (x - self.region[0]) * scale + ox, (y - self.region[1]) * scale + oy
+
+    def photo_point(self, u: float, v: float) -> tuple[float, float]:
+        """The inverse of `point`: a point of the square input in photo pixels."""
+        scale, ox, oy = self.geometry()
+        return (u - ox) / scale + self.region[0], (v - oy) / scale + self.region[1]
 
 
 @dataclass

@@ -16,9 +16,12 @@ import numpy as np
 import pandas as pd
 
 from posturescreen.config.study import DataConfig
-from posturescreen.data.images import ImageReadError, read_image_file
+from posturescreen.data.images import ImageReadError, photo_file_problem, read_image_file
 from posturescreen.errors import PostureScreenError
+from posturescreen.files import InputFileError, read_input_file
 
+OWN_COLUMNS = ("row", "image_path")  # what load_manifest adds to every table
+MAX_MANIFEST_BYTES = 512 * 2**20  # a million rows of a few hundred bytes each
 _TRUE_VALUES = {"1", "1.0"}
 _FALSE_VALUES = {"0", "0.0"}
 
@@ -70,7 +73,10 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame | None, list[Problem]]:
         return None, [Problem(f"file not found: {path}")]
     if path.is_dir():
         return None, [Problem(f"{path} is a directory, expected a CSV file")]
-    raw = path.read_bytes()
+    try:
+        raw = read_input_file(path, MAX_MANIFEST_BYTES, expected="a CSV file")
+    except InputFileError as e:
+        return None, [Problem(f"{path}: {e}")]
     try:
         text = raw.decode("utf-8-sig")  # tolerate the BOM spreadsheet programs write
     except UnicodeDecodeError as e:
@@ -136,16 +142,6 @@ def resolve_image_path(manifest_dir: Path, value: str) -> Path:
     return p if p.is_absolute() else manifest_dir / p
 
 
-def _check_image_file(path: Path) -> str | None:
-    if path.is_symlink() and not path.exists():
-        return f"{path}: broken symbolic link or symlink loop"
-    if not path.exists():
-        return f"{path}: file not found"
-    if path.is_dir():
-        return f"{path}: is a directory, expected an image file"
-    return None
-
-
 def load_manifest(
     path: Path | str,
     data: DataConfig | None = None,
@@ -168,6 +164,11 @@ def load_manifest(
     table, problems = _read_csv(path)
     if table is None:
         raise ManifestError(path, problems)
+    taken = [c for c in OWN_COLUMNS if c in table.columns]
+    if taken:  # ours would replace the user's column (or, for `row`, fail to be added)
+        raise ManifestError(path, [Problem(f"column {c!r} is a name posturescreen adds to "
+                                           "the table itself; rename that column", 1)
+                                   for c in taken])
 
     subject_col, image_col = data.subject_column, data.image_column
     label_cols = (
@@ -211,7 +212,7 @@ def load_manifest(
     for i, p in zip(table.index, table["image_path"], strict=True):
         if not p:
             continue
-        err = _check_image_file(Path(p))
+        err = photo_file_problem(Path(p))  # never opens a device, pipe or huge file
         if err is None and check_images:
             try:
                 digests[i] = read_image_file(Path(p), draft_size=512)[2]

@@ -3,6 +3,7 @@ mean maps per outcome in a common body frame, galleries, and region shares (cams
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ from safetensors.torch import load_file
 
 from posturescreen import runfolder as rf
 from posturescreen.config.study import ModelConfig, StudyConfig, check_cam_method
-from posturescreen.data.deid import blur_chw, face_in_frame
 from posturescreen.data.images import Box, Frame, ImageCache, build_image_cache, letterbox_labels
 from posturescreen.data.landmarks import frame_points, landmark_names
 from posturescreen.data.manifest import resolve_image_path
@@ -30,7 +30,8 @@ from posturescreen.explain.regions import (
 )
 from posturescreen.files import atomic_write_csv
 from posturescreen.models.cnn import Preprocessing, build_model, target_layer
-from posturescreen.posture.tables import face_boxes, person_boxes
+from posturescreen.posture.faces import FaceFinder, Faces, deidentify
+from posturescreen.posture.tables import person_boxes
 from posturescreen.progress import progress_bar
 from posturescreen.runfolder import Job
 
@@ -47,7 +48,8 @@ def outcome(label: int, pred: int) -> str:
 @dataclass
 class _RunImages:
     """The run's cohort and its photos decoded exactly as the study decoded them (once, on
-    first use, cut to the same person boxes), with each photo's face box to blur."""
+    first use, cut to the same person boxes), with every face of each photo to blur (found
+    by `finder` while decoding; None: faces are not blurred)."""
 
     cohort: pd.DataFrame
     manifest_dir: Path
@@ -55,15 +57,29 @@ class _RunImages:
     paths: list[Path]
     draft: int | None = None
     crops: dict[int, Box] = field(default_factory=dict)  # cohort position -> person box
-    faces: dict[int, Box] = field(default_factory=dict)  # cohort position -> face box
+    finder: FaceFinder | None = None
+    faces: dict[int, Faces] = field(default_factory=dict)  # cohort position -> its faces
     cache: ImageCache | None = None
     position: dict[int, int] = field(default_factory=dict)  # manifest row -> position
+
+    def _decoded(self, i: int, img: Image.Image, full_size: tuple[int, int], _sha: str
+                 ) -> Box | None:
+        if self.finder is not None:
+            self.faces[i] = self.finder(img, full_size)
+        return self.crops.get(i)
 
     def arrays(self, size: int) -> np.ndarray:
         if self.cache is None:
             self.cache = build_image_cache(self.paths, self.sizes, draft_size=self.draft,
-                                           hook=lambda i, *_: self.crops.get(i))
+                                           hook=self._decoded)
         return self.cache.arrays[size]
+
+    def shown(self, i: int, picture: np.ndarray, frame: Frame | None) -> np.ndarray:
+        """Photo i's picture as a page may show it: faces blurred (all of it when not every
+        face was found) unless blurring is off."""
+        if self.finder is None:
+            return picture
+        return deidentify(picture, self.faces.get(i, Faces()), frame)
 
     def frame(self, i: int, size: int) -> Frame | None:
         return self.cache.frame(i, size) if self.cache is not None else None
@@ -98,21 +114,17 @@ def _recorded_sizes(run_dir: Path, cfg: StudyConfig) -> dict[int, str]:
 
 
 def _run_images(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
-                blur_faces: bool) -> _RunImages:
+                finder: FaceFinder | None) -> _RunImages:
     manifest_dir = Path(cfg.data.manifest).parent
     position = {int(r): i for i, r in enumerate(cohort["row"])}
     pose = rf.read_table(run_dir, rf.POSE)
-    crops, faces = {}, {}
-    if pose is not None:
-        for row, box in person_boxes(pose).items():
-            if cfg.pose.crop and row in position:
-                crops[position[row]] = box
-        if blur_faces:
-            faces = {position[r]: b for r, b in face_boxes(pose).items() if r in position}
+    crops = {}
+    if pose is not None and cfg.pose.crop:
+        crops = {position[r]: b for r, b in person_boxes(pose).items() if r in position}
     return _RunImages(
         cohort, manifest_dir, _recorded_sizes(run_dir, cfg),
         [resolve_image_path(manifest_dir, v) for v in cohort[cfg.data.image_column]],
-        rf.decode_size(run_dir), crops, faces, position=position)
+        rf.decode_size(run_dir), crops, finder, position=position)
 
 
 @dataclass
@@ -141,16 +153,17 @@ def explain_run(
     method = check_cam_method(method or cfg.cams.method)
     write_overlays = cfg.cams.overlays if write_overlays is None else write_overlays
     blur = cfg.privacy.blur_faces if blur_faces is None else blur_faces
-    images = _run_images(run_dir, cfg, cohort, blur)
     frames = []
-    for task in cfg.tasks:
-        if tasks and task.name not in tasks:
-            continue
-        for mcfg in cfg.cnn_models():  # angle and fusion models have no pixels to explain
-            if models and mcfg.name not in models:
+    with FaceFinder() if blur else contextlib.nullcontext() as finder:
+        images = _run_images(run_dir, cfg, cohort, finder)
+        for task in cfg.tasks:
+            if tasks and task.name not in tasks:
                 continue
-            frames += _explain_model(run_dir, task.name, mcfg, images, method, write_overlays,
-                                     console)
+            for mcfg in cfg.cnn_models():  # angle and fusion models have no pixels to explain
+                if models and mcfg.name not in models:
+                    continue
+                frames += _explain_model(run_dir, task.name, mcfg, images, method,
+                                         write_overlays, console)
     shares = (pd.concat(frames, ignore_index=True) if frames
               else pd.DataFrame(columns=SHARE_COLUMNS))
     atomic_write_csv(rf.cam_dir(run_dir) / "region_shares.csv", shares)
@@ -214,8 +227,8 @@ def _explain_fold(run_dir: Path, job: Job, mcfg: ModelConfig, images: _RunImages
                 shares.insert(0, col, value)
             acc.shares.append(shares)
 
-        def make(j=j, face=face_in_frame(images.faces.get(i), frame)):
-            return overlay(blur_chw(pixels[j], face), cams[j])
+        def make(j=j, i=i, frame=frame):
+            return overlay(images.shown(i, pixels[j], frame), cams[j])
 
         if write_overlays:
             Image.fromarray(make()).save(out / "overlays" / f"row{int(p.row)}.png")

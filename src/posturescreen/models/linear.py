@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -25,37 +25,35 @@ from sklearn.linear_model import LogisticRegression
 
 from posturescreen.errors import PostureScreenError
 from posturescreen.posture.angles import ANGLES, SHORT_NAMES, UNITS
+from posturescreen.stats.links import logit, sigmoid
 
 MIN_OBSERVED = 0.5  # an angle measured in fewer training photos than this share is dropped
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+# the fusion's CNN logit clips at 1e-6, not links' 1e-7: exported fusion bundles standardised
+# the logit clipped there, so another value would change what their numbers mean
+CNN_LOGIT_EPS = 1e-6
 
 
 def _cnn_logit(p: np.ndarray) -> np.ndarray:
     """A CNN's probability is a float32 (training.predict_probs): reading it as exactly that
     float32, whether it comes from a CSV's text or a fresh forward pass, makes a fusion give
     the same number in the study and in a bundle."""
-    return _logit(np.asarray(p, dtype=np.float32).astype(np.float64))
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=float)))
+    return logit(np.asarray(p, dtype=np.float32).astype(np.float64), eps=CNN_LOGIT_EPS)
 
 
 def _fit_logistic(X: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, float]:
     if len(np.unique(y)) < 2:  # one class: a constant model at the observed rate
-        rate = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-        return np.zeros(X.shape[1]), float(math.log(rate / (1 - rate)))
+        return np.zeros(X.shape[1]), float(logit(y.mean(), eps=1e-3))
     lr = LogisticRegression(C=C, max_iter=5000)
     lr.fit(X, y)
     return lr.coef_[0].astype(float), float(lr.intercept_[0])
 
 
-_Finite = Annotated[float, Field(allow_inf_nan=False)]
-_Scale = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# bounds far beyond any fitted model's, tight enough that no sum of products overflows:
+# a bundle's numbers then always give a finite probability
+_Finite = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+_Scale = Annotated[float, Field(ge=1e-9, le=1e6, allow_inf_nan=False)]
 
 
 class _Numbers(BaseModel):
@@ -131,40 +129,55 @@ class AngleModel(_Numbers):
         return z @ np.asarray(self.coef) + self.intercept
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.logit(X))
+        return sigmoid(self.logit(X))
 
     def importance(self) -> dict[str, float]:
         """Coefficient per standard deviation of each angle (log-odds)."""
         return dict(zip(self.features, self.coef, strict=True))
 
 
+FUSION_MODES = ("both", "cnn", "angles")
+# which standardised scores a mode sums (the others get weight 0)
+_MODE_PARTS = {"both": (1.0, 1.0), "cnn": (1.0, 0.0), "angles": (0.0, 1.0)}
+
+
 class FusionModel(_Numbers):
-    """p = sigmoid(w·z(cnn logit) + w·z(angle logit) + b): the two standardised scores with one
-    shared weight. The weights are deliberately not learned separately: the inner validation
-    photos the fusion is fitted on also chose the CNN's checkpoint, so the CNN's scores there
-    flatter it, and a free weight would favour it (measured on the demo: the CNN got the
-    larger weight in every CH fold while its test AUC was 0.54)."""
+    """p = sigmoid(w·z(cnn logit) + w·z(angle logit) + b) in mode `both`: the two standardised
+    scores with one shared weight; in mode `cnn` or `angles` one of them alone (the study
+    chooses the mode by grouped cross-validation, so the fusion can fall back to its better
+    part). The weight is never negative (non-negative stacking, Breiman 1996): both parts
+    were trained to score positives higher, and a few validation photos that rank the other
+    way give the fusion no weight (a constant) rather than an inverted part. The two weights
+    are never learned separately: the inner validation photos the
+    fusion is fitted on also chose the CNN's checkpoint, so the CNN's scores there flatter it,
+    and a free weight would favour it (measured on the demo: the CNN got the larger weight in
+    every CH fold while its test AUC was 0.54)."""
 
     means: list[_Finite] = Field(min_length=2, max_length=2)
     scales: list[_Scale] = Field(min_length=2, max_length=2)
     coef: list[_Finite] = Field(min_length=2, max_length=2)
     intercept: _Finite
+    mode: Literal["both", "cnn", "angles"] = "both"
 
     @classmethod
     def fit(cls, cnn_prob: np.ndarray, angle_logit: np.ndarray, y: np.ndarray,
-            *, C: float = 1.0) -> FusionModel:
+            *, C: float = 1.0, mode: str = "both") -> FusionModel:
         X = np.column_stack([_cnn_logit(cnn_prob), np.asarray(angle_logit, dtype=float)])
         means, scales = X.mean(axis=0), X.std(axis=0)
         scales = np.where(scales > 1e-9, scales, 1.0)
-        both = ((X - means) / scales).sum(axis=1, keepdims=True)
-        coef, intercept = _fit_logistic(both, np.asarray(y, int), C)
-        return cls(means=means.tolist(), scales=scales.tolist(), coef=[float(coef[0])] * 2,
-                   intercept=intercept)
+        parts = np.asarray(_MODE_PARTS[mode])
+        summed = ((X - means) / scales) @ parts
+        y = np.asarray(y, int)
+        coef, intercept = _fit_logistic(summed[:, None], y, C)
+        if coef[0] < 0:  # never turned against the training: no weight instead
+            coef, intercept = np.zeros(1), float(logit(y.mean(), eps=1e-3))
+        return cls(means=means.tolist(), scales=scales.tolist(),
+                   coef=(float(coef[0]) * parts).tolist(), intercept=intercept, mode=mode)
 
     def predict(self, cnn_prob: np.ndarray, angle_logit: np.ndarray) -> np.ndarray:
         X = np.column_stack([_cnn_logit(cnn_prob), np.asarray(angle_logit, dtype=float)])
         z = (X - np.asarray(self.means)) / np.asarray(self.scales)
-        return _sigmoid(z @ np.asarray(self.coef) + self.intercept)
+        return sigmoid(z @ np.asarray(self.coef) + self.intercept)
 
 
 @dataclass(frozen=True)

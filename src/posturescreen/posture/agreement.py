@@ -126,7 +126,8 @@ def hand_angles(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def bland_altman_figure(pairs: dict[str, pd.DataFrame]) -> Figure:
+def bland_altman_figure(pairs: dict[str, pd.DataFrame], *, source: str = "estimator"
+                        ) -> Figure:
     fig = Figure(figsize=(3.6 * max(1, len(pairs)), 3.4))
     axes = fig.subplots(1, max(1, len(pairs)), squeeze=False)[0]
     for ax, (name, d) in zip(axes, pairs.items(), strict=False):
@@ -134,7 +135,7 @@ def bland_altman_figure(pairs: dict[str, pd.DataFrame]) -> Figure:
         ax.scatter(d["mean"], d["difference"], s=8, alpha=0.6)
         for v, style in ((bias, "-"), (bias - 1.96 * sd, ":"), (bias + 1.96 * sd, ":")):
             ax.axhline(v, color="black", ls=style, lw=1)
-        ax.set(title=name, xlabel="mean of the two", ylabel="estimator − hand")
+        ax.set(title=name, xlabel="mean of the two", ylabel=f"{source} − hand")
     fig.tight_layout()
     return fig
 
@@ -165,29 +166,32 @@ def measure_agreement(manifest: Path, data: DataConfig, *, min_visibility: float
 
 
 def formatted_agreement(table: pd.DataFrame) -> pd.DataFrame:
-    """The agreement table as printed: one text cell per value."""
-    return pd.DataFrame(
-        {
-            "angle": table["angle"],
-            "n": table["n"].astype(str),
-            "bias": table["bias"].map("{:+.2f}".format),
-            "MAE": table["mae"].map("{:.2f}".format),
-            "LoA": [
-                f"{lo:+.1f} to {hi:+.1f}"
-                for lo, hi in zip(table["loa_low"], table["loa_high"], strict=True)
-            ],
-            "ICC(2,1)": table["icc_2_1"].map("{:.3f}".format),
-            "r": table["pearson_r"].map("{:.3f}".format),
-        }
-    )
+    """The agreement table as printed: one text cell per value (with the landmarks' source
+    and the ICC's CI when the table has them)."""
+    cells = {}
+    if "source" in table:
+        cells["source"] = table["source"]
+    cells.update({
+        "angle": table["angle"], "n": table["n"].astype(str),
+        "bias": table["bias"].map("{:+.2f}".format), "MAE": table["mae"].map("{:.2f}".format),
+        "LoA": [f"{lo:+.1f} to {hi:+.1f}"
+                for lo, hi in zip(table["loa_low"], table["loa_high"], strict=True)],
+        "ICC(2,1)": table["icc_2_1"].map("{:.3f}".format)})
+    if "icc_low" in table:
+        cells["ICC(2,1)"] = [f"{v:.3f} ({lo:.3f}–{hi:.3f})" for v, lo, hi in zip(
+            table["icc_2_1"], table["icc_low"], table["icc_high"], strict=True)]
+    cells["r"] = table["pearson_r"].map("{:.3f}".format)
+    return pd.DataFrame(cells)
 
 
 def write_agreement(
-    out: Path, *, table: pd.DataFrame, hand: pd.DataFrame, estimator: pd.DataFrame
+    out: Path, *, table: pd.DataFrame, hand: pd.DataFrame, estimator: pd.DataFrame,
+    source: str = "estimator",
 ) -> None:
-    """agreement.csv, the per-photo angles both ways and bland_altman.png in `out`."""
+    """agreement.csv, the per-photo angles both ways (angles_hand.csv, angles_<source>.csv)
+    and bland_altman.png in `out`."""
     atomic_write_csv(out / "agreement.csv", table)
     atomic_write_csv(out / "angles_hand.csv", hand.rename_axis("row").reset_index())
-    atomic_write_csv(out / "angles_estimator.csv", estimator.rename_axis("row").reset_index())
+    atomic_write_csv(out / f"angles_{source}.csv", estimator.rename_axis("row").reset_index())
     fig = bland_altman_figure(bland_altman_pairs(hand, estimator))
     atomic_write(out / "bland_altman.png", lambda p: fig.savefig(p, format="png", dpi=110))

@@ -27,17 +27,26 @@ BOX_COLUMNS = {"person": ("person_x0", "person_y0", "person_x1", "person_y1"),
                "face": ("face_x0", "face_y0", "face_x1", "face_y1")}
 
 
-def landmark_source(cfg: StudyConfig, columns: list[str]) -> str:
-    """`manifest` or `estimator`: where this study's angles come from."""
+def annotated_names(table: pd.DataFrame) -> list[str]:
+    """The landmarks a manifest annotates: `<name>_x`/`<name>_y` columns with at least one
+    point."""
+    return [n for n in landmark_names(list(table.columns))
+            if pd.to_numeric(table[f"{n}_x"], errors="coerce").notna().any()]
+
+
+def landmark_source(cfg: StudyConfig, table: pd.DataFrame) -> str:
+    """`learned`, `manifest` or `estimator`: where this study's angles come from (`auto`:
+    learned from the manifest's annotations when it has some, else the estimator)."""
     if cfg.pose.landmarks != "auto":
         return cfg.pose.landmarks
-    names = set(landmark_names(columns))
-    return "manifest" if "ear" in names and names & {"c7", "shoulder"} else "estimator"
+    return "learned" if annotated_names(table) else "estimator"
 
 
-def needs_estimator(cfg: StudyConfig, columns: list[str]) -> bool:
+def needs_estimator(cfg: StudyConfig, table: pd.DataFrame) -> bool:
+    """The estimator runs for the crop, the face blur, and angles from estimated points
+    (its own, or a learned model's, which sees the person it found)."""
     return (cfg.pose.crop or cfg.privacy.blur_faces
-            or (cfg.uses_angles() and landmark_source(cfg, columns) == "estimator"))
+            or (cfg.uses_angles() and landmark_source(cfg, table) != "manifest"))
 
 
 class PoseRecorder:
@@ -133,6 +142,18 @@ def pose_row_points(row: pd.Series, min_visibility: float) -> dict[str, tuple[fl
                           {n: float(row[f"{n}_vis"]) for n in POINTS}, min_visibility)
 
 
+def pose_points(pose: pd.DataFrame, names: list[str], min_visibility: float) -> pd.DataFrame:
+    """pose.csv rows (index kept) as `<name>_x/_y` of the visible points (NaN otherwise) and
+    `<name>_conf`, the estimator's visibility."""
+    out = pd.DataFrame(index=pose.index)
+    for n in names:
+        seen = pose["person_found"].astype(bool) & (pose[f"{n}_vis"] >= min_visibility)
+        out[f"{n}_x"] = pose[f"{n}_x"].where(seen)
+        out[f"{n}_y"] = pose[f"{n}_y"].where(seen)
+        out[f"{n}_conf"] = pose[f"{n}_vis"]
+    return out
+
+
 def recorded_landmark_source(angles: pd.DataFrame | None) -> str | None:
     """Where a run's angles came from, as angles.csv records it (None: no angles)."""
     if angles is None or not len(angles):
@@ -142,8 +163,9 @@ def recorded_landmark_source(angles: pd.DataFrame | None) -> str | None:
 
 def angle_table(table: pd.DataFrame, cfg: StudyConfig, pose: pd.DataFrame | None
                 ) -> pd.DataFrame:
-    """angles.csv: one row per photo, every angle the landmarks allow (NaN otherwise)."""
-    source = landmark_source(cfg, list(table.columns))
+    """angles.csv of a study whose angles come from the manifest or the estimator: one row
+    per photo, every angle the landmarks allow (NaN otherwise)."""
+    source = landmark_source(cfg, table)
     names = landmark_names(list(table.columns))
     by_row = pose.set_index("row") if pose is not None else None
     rows = []

@@ -26,6 +26,16 @@ from posturescreen.report.figures import (
     roc_figure,
 )
 from posturescreen.report.posture import posture_section
+from posturescreen.report.review import (
+    availability,
+    failure_analysis,
+    fold_records,
+    incorporation,
+    limitations,
+    missing_data_sentences,
+    primary_metrics,
+    sample_flow,
+)
 from posturescreen.report.statistics import sensitivity, statistics
 from posturescreen.stats.metrics import METRICS, format_p
 from posturescreen.study.results import methods_text
@@ -78,13 +88,18 @@ def build_report(run_dir: Path) -> Path:
     tasks = [t.name for t in cfg.tasks]
     models = [m.name for m in cfg.models]
 
+    records = fold_records(run_dir)
     folds_info = []
-    for path in sorted(run_dir.glob(f"*/*/fold*/{rf.FOLD_JSON}")):
-        info = json.loads(path.read_text())
+    for info in records:
+        split = info.get("inner_split") or {}
         folds_info.append({k: info.get(k) for k in ("task", "model", "fold", "best_epoch",
                                                     "epochs_run", "threshold", "n_train",
-                                                    "n_val", "n_test", "training_precision")}
-                          | {"weights": (info.get("weights") or {}).get("sha256") or "none"})
+                                                    "n_val", "n_test", "training_precision",
+                                                    "threshold_scores")}
+                          | {"weights": (info.get("weights") or {}).get("sha256") or "none",
+                             "val_share": split.get("val_share"),
+                             "val_subjects": split.get("val_subjects"),
+                             "split_warnings": split.get("warnings") or []})
     weights = sorted({(f["model"], f["weights"]) for f in folds_info})
 
     disjoint = {}
@@ -100,13 +115,15 @@ def build_report(run_dir: Path) -> Path:
 
     roc_figs = {t: roc_figure(preds, t, models) for t in tasks}
     calib_figs = {t: calibration_figure(preds, t, models)[0] for t in tasks}
-    primary = cfg.metrics.primary_level
+    refused = stats["refused"]
+    comparisons = stats["comparisons"]
+    reference = incorporation(run_dir, cfg)
     posture = posture_section(
         run_dir,
         cfg,
         cohort,
-        metrics=metrics[metrics.level == primary],
-        comparisons=stats["comparisons"][stats["comparisons"].level == primary],
+        metrics=metrics[primary_metrics(metrics, cfg, refused)],
+        comparisons=comparisons[primary_metrics(comparisons, cfg, refused)],
         preds=preds,
     )
 
@@ -147,30 +164,15 @@ def build_report(run_dir: Path) -> Path:
             "columns": list(table.columns),
         }
 
-    n_pos = {
-        t: int(counts[(counts.task == t) & (counts["class"] == "positive")]["subjects"].sum())
-        for t in tasks
-    }
-    limitations = [
-        f"Sample size: the smallest task has {min(n_pos.values())} positive subjects; "
-        "intervals are wide accordingly (they resample subjects, not photos).",
-        "One side-view photo per assessment: posture is dynamic, and static posture alone "
-        "is a limited marker (the seed study's own conclusion).",
-        "Each fold model was recalibrated on its small inner validation split before its "
-        "probabilities were pooled; the calibration section shows the result, and the raw "
-        "pooled AUC is shown beside the primary one.",
-        "Thresholds were chosen on small inner validation splits (Youden's J); expect "
-        "sensitivity and specificity to move on new data.",
-        "External validity: one study's cameras, sites and population.",
-    ]
-    if synthetic:
-        limitations.insert(
-            0,
-            "The data are SYNTHETIC (posturescreen's generated cohort): "
-            "numbers describe the pipeline, not patients.",
-        )
+    limits = limitations(run_dir, cfg, cohort, folds=records, refused=refused,
+                         comparisons=comparisons, synthetic=synthetic)
     if not skipped.empty:
-        limitations.append(f"{len(skipped)} unreadable photo(s) were skipped (skipped_images.csv).")
+        limits.append(f"{len(skipped)} unreadable or repeated photo(s) were left out "
+                      "(skipped_images.csv).")
+    flow = sample_flow(run_dir, cfg, cohort)
+    missing = missing_data_sentences(run_dir, cfg, records)
+    failures = failure_analysis(run_dir, cfg)
+    code = availability(run_meta, cfg, __version__)
 
     results = {
         "posturescreen": __version__,
@@ -189,6 +191,15 @@ def build_report(run_dir: Path) -> Path:
             for (t, m), c in lv["confusion"].items()
         ],
         "calibration": stats["calibration"],
+        "auc_estimands": stats["estimands"],
+        "worker_level_refused": refused,
+        "reference_standard": reference["tasks"],
+        "sample_flow": flow,
+        "missing_data": missing,
+        "subgroups": failures["groups"],
+        "misclassified": failures["cases"],
+        "limitations": limits,
+        "availability": code,
         "auc_pooling": stats["pooling"],
         "sensitivity": sensitivity_rows,
         "comparisons": stats["comparisons"].to_dict(orient="records"),
@@ -229,9 +240,16 @@ def build_report(run_dir: Path) -> Path:
         pooling_outside=stats["pooling_outside"],
         raw_outside=stats["raw_outside"],
         methods_text=methods_text(cfg),
+        estimands=stats["estimands"],
+        refused=refused,
+        reference=reference,
+        flow=flow,
+        missing=missing,
+        failures=failures,
+        code=code,
         cams=cams,
         sensitivity=sensitivity_rows,
-        limitations=limitations,
+        limitations=limits,
         claim=CLAIM_TRIPOD,
         folds=folds_info,
         posture=posture,

@@ -25,6 +25,7 @@ from posturescreen.posture.agreement import (
     hand_angles,
 )
 from posturescreen.posture.angles import ANGLES, DESCRIPTIONS
+from posturescreen.posture.landmark_inputs import angles_from_points, points_from_columns
 from posturescreen.posture.tables import recorded_landmark_source
 from posturescreen.report.figures import png_data_url
 from posturescreen.stats.levels import Calibrator
@@ -117,6 +118,24 @@ def _risk_function(run_dir: Path, cfg: StudyConfig, task: str, m: ModelConfig, f
     return lambda v: kind.probability(cnn_prob, parts, v)
 
 
+def _learned_agreement(run_dir: Path, cohort: pd.DataFrame) -> dict:
+    """The learned landmarks' out-of-fold agreement with the annotations (and the
+    estimator's, side by side), per angle and per point, with Bland–Altman plots."""
+    points = rf.read_table(run_dir, rf.LANDMARK_POINTS)
+    names = [c.removesuffix("_conf") for c in points.columns if c.endswith("_conf")]
+    rows = points["row"].to_numpy()
+    hand = angles_from_points(points_from_columns(cohort.set_index("row").loc[rows], names),
+                              names)
+    learned = angles_from_points(points.set_index("row"), names)
+    pairs = bland_altman_pairs(hand, learned)
+    return {"agreement": pd.read_csv(run_dir / rf.LANDMARK_AGREEMENT).round(3).to_dict(
+                orient="records"),
+            "point_errors": pd.read_csv(run_dir / rf.LANDMARK_ERRORS).round(3).to_dict(
+                orient="records"),
+            "bland_altman": png_data_url(bland_altman_figure(pairs, source="learned"))
+            if pairs else None}
+
+
 def posture_section(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
                     *, metrics: pd.DataFrame, comparisons: pd.DataFrame,
                     preds: pd.DataFrame) -> dict | None:
@@ -127,12 +146,15 @@ def posture_section(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
     if pose is None and angles is None:
         return None
     section: dict = {"source": None, "found": None, "missing": [], "coefficients": [],
-                     "agreement": [], "bland_altman": None, "kinds": [], "examples": []}
+                     "agreement": [], "point_errors": [], "bland_altman": None, "kinds": [],
+                     "examples": []}
     if pose is not None:
         section["found"] = (int(pose["person_found"].sum()), len(pose))
         section["missing"] = pose.loc[~pose["person_found"].astype(bool),
                                       ["row", "image"]].to_dict(orient="records")
-        if landmark_names(list(cohort.columns)):
+        if (run_dir / rf.LANDMARK_AGREEMENT).is_file():
+            section.update(_learned_agreement(run_dir, cohort))
+        elif landmark_names(list(cohort.columns)):
             hand = hand_angles(cohort)
             est = estimator_angles(pose, cfg.pose.min_visibility)
             table = agreement_table(hand, est)

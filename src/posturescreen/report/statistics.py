@@ -1,6 +1,7 @@
-"""The report's statistics, from the run folder's result files: tables per level, confusion
-matrices, calibration (after the per-fold recalibration, and before it), how pooling fold
-models affected the AUC, and the comparisons."""
+"""The report's statistics, from the run folder's result files: tables per level (a refused
+worker level said so, not printed), which pairs each AUC uses, confusion matrices,
+calibration before and after the per-fold recalibration with CIs and what each fold got, how
+pooling fold models affected the AUC, and the comparisons."""
 
 from __future__ import annotations
 
@@ -8,26 +9,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss
 
 from posturescreen import runfolder as rf
 from posturescreen.config.study import StudyConfig
-from posturescreen.stats.levels import logit
 from posturescreen.stats.metrics import format_estimate, paper_table
-from posturescreen.study.results import LEVEL_TEXT, levels_in_order
+from posturescreen.study.results import level_text, levels_in_order, refused_tasks
+
+# the files this version's results stage writes and the report reads
+RESULT_FILES = (rf.WORKER_LEVEL, rf.AUC_ESTIMANDS, rf.CALIBRATION_SUMMARY, rf.SUBGROUPS,
+                rf.MISCLASSIFIED, rf.REFERENCE_STANDARD)
 
 
-def calibration_stats(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    """Brier score, and the calibration intercept and slope: a logistic regression of the
-    outcome on the logit of the probability (0 and 1 for a perfect calibration)."""
-    y = np.asarray(y, dtype=int)
-    out = {"brier": float(brier_score_loss(y, prob)), "slope": float("nan"),
-           "intercept": float("nan")}
-    if len(np.unique(y)) == 2 and np.ptp(np.asarray(prob, dtype=float)) > 0:
-        lr = LogisticRegression(C=1e6, max_iter=5000).fit(logit(prob)[:, None], y)
-        out.update(slope=float(lr.coef_[0, 0]), intercept=float(lr.intercept_[0]))
-    return out
+def check_result_files(run_dir: Path) -> None:
+    """Refuse a run folder whose results an earlier posturescreen wrote."""
+    missing = [name for name in RESULT_FILES if not (Path(run_dir) / name).is_file()]
+    if missing:
+        raise rf.RunFolderError(
+            f"{run_dir} has results from an earlier posturescreen (no {', '.join(missing)}): "
+            "rerun the study command with the same --out to recompute them (finished jobs "
+            "are kept)")
 
 
 def confusion(table: pd.DataFrame) -> dict[tuple[str, str], dict[str, int]]:
@@ -40,35 +40,85 @@ def confusion(table: pd.DataFrame) -> dict[tuple[str, str], dict[str, int]]:
     return out
 
 
+def _ci(est: float, low: float, high: float, fmt: str) -> str:
+    """`+0.79 (−0.00 to +1.17)`: an estimate and its interval in one format."""
+    def show(v: float) -> str:  # never "-0.00"
+        text = format(v, fmt)
+        return format(0.0, fmt) if float(text) == 0 else text
+
+    if not np.isfinite(est):
+        return "n/a"
+    text = show(est)
+    if np.isfinite(low) and np.isfinite(high):
+        text += f" ({show(low)} to {show(high)})"
+    return text
+
+
+def calibration_rows(run_dir: Path) -> list[dict]:
+    """Per task × model × level: before (raw) → after (recalibrated), each measure with its
+    bootstrap CI, and what the folds got (calibration.csv)."""
+    summary = pd.read_csv(run_dir / rf.CALIBRATION_SUMMARY)
+    folds = pd.read_csv(run_dir / rf.CALIBRATION, keep_default_na=False,
+                        na_values=[""]).fillna({"method": "platt"})
+    rows = []
+    for (t, m, lv), g in summary.groupby(["task", "model", "level"], sort=False):
+        by = g.set_index("scores")
+        row = {"task": t, "model": m, "level": lv, "n": int(by.at["raw", "n"]),
+               "prevalence": float(by.at["raw", "prevalence"])}
+        for when in ("raw", "recalibrated"):
+            r = by.loc[when]
+            row[when] = {
+                "mean_prob": float(r.mean_prob),
+                "citl": _ci(r.citl, r.citl_low, r.citl_high, "+.2f"),
+                "slope": _ci(r.slope, r.slope_low, r.slope_high, ".2f"),
+                "brier": _ci(r.brier, r.brier_low, r.brier_high, ".3f"),
+                "no_fit": int(max(r.citl_no_fit, r.slope_no_fit)),
+                "slope_value": float(r.slope), "citl_value": float(r.citl)}
+        f = folds[(folds.task == t) & (folds.model == m)].sort_values("fold")
+        row["methods"] = ", ".join(f"{int(k)}: {x}" for k, x in zip(f.fold, f.method,
+                                                                    strict=True))
+        row["changed"] = bool((f.method != "none").any())
+        row["notes"] = [f"fold {int(k)}: {n}" for k, n in zip(f.fold, f.note, strict=True)]
+        rows.append(row)
+    return rows
+
+
+def estimand_rows(run_dir: Path) -> list[dict]:
+    table = pd.read_csv(run_dir / rf.AUC_ESTIMANDS)
+    return [{"task": r.task, "model": r.model, "level": r.level, "estimand": r.estimand,
+             "auc": format_estimate(r.auc, r.ci_low, r.ci_high), "pairs": int(r.pairs),
+             "total": int(r.pairs_total), "share": float(r.pairs_share),
+             "used": r.pairs_used} for r in table.itertuples()]
+
+
 def statistics(run_dir: Path, cfg: StudyConfig, metrics: pd.DataFrame) -> dict:
     subject_col = cfg.data.subject_column
+    check_result_files(run_dir)
     photo = rf.read_predictions(run_dir / rf.PREDICTIONS, subject_col)
     worker = pd.read_csv(run_dir / rf.WORKER_PREDICTIONS, dtype={subject_col: str})
     tables = {"photo": photo, "worker": worker}
-    levels = [lv for lv in levels_in_order(cfg) if lv in set(metrics.get("level", []))]
-    calib = []
-    for lv in levels:
-        for (t, m), g in tables[lv].groupby(["task", "model"], sort=False):
-            after = calibration_stats(g["label"], g["prob"])
-            before = calibration_stats(g["label"], g["prob_raw"])
-            calib.append({"task": t, "model": m, "level": lv, **after,
-                          "brier_raw": before["brier"], "slope_raw": before["slope"],
-                          "mean_prob": float(g["prob"].mean()),
-                          "mean_prob_raw": float(g["prob_raw"].mean()),
-                          "prevalence": float(g["label"].mean())})
+    refused = refused_tasks(run_dir)
+    has = set(metrics.get("level", []))
+    # a level refused for every task comes last: the first one shown is the primary
+    levels = [lv for lv in levels_in_order(cfg) if lv in has] + \
+        (["worker"] if refused and "worker" not in has else [])
     pooling = pd.read_csv(run_dir / rf.AUC_POOLING)
     comparisons = pd.read_csv(run_dir / rf.COMPARISONS)
-    if "note" not in comparisons:  # a run folder from before notes existed
-        comparisons["note"] = ""
-    comparisons["note"] = comparisons["note"].fillna("")
+    comparisons["note"] = comparisons["note"].astype(object).where(comparisons["note"].notna(),
+                                                                   "")
     return {
-        "levels": [{"name": lv, "text": LEVEL_TEXT[lv],
-                    "boot": paper_table(metrics, "bootstrap", lv).to_dict(orient="records"),
-                    "fold_t": paper_table(metrics, "fold_t", lv).to_dict(orient="records"),
+        "levels": [{"name": lv, "text": level_text(lv, cfg),
+                    "refused": refused if lv == "worker" else {},
+                    "boot": paper_table(metrics, "bootstrap", lv).to_dict(orient="records")
+                    if lv in has else [],
+                    "fold_t": paper_table(metrics, "fold_t", lv).to_dict(orient="records")
+                    if lv in has else [],
                     "confusion": confusion(tables[lv]),
                     "comparisons": comparisons[comparisons.level == lv].to_dict(
                         orient="records")} for lv in levels],
-        "calibration": calib,
+        "refused": refused,
+        "estimands": estimand_rows(run_dir),
+        "calibration": calibration_rows(run_dir),
         "pooling": pooling.to_dict(orient="records"),
         "pooling_outside": int(((pooling.recalibrated_pooled < pooling.fold_min - 1e-12)
                                 | (pooling.recalibrated_pooled > pooling.fold_max + 1e-12))

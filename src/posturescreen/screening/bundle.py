@@ -16,13 +16,13 @@ extracted, and every weights file must match its checksum and the architecture.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 from pydantic import (
     BaseModel,
@@ -40,14 +40,20 @@ from posturescreen import __version__
 from posturescreen.errors import PostureScreenError
 from posturescreen.models.cnn import Preprocessing, UnknownModelError, build_model, sha256_file
 from posturescreen.models.kinds import LinearParts, ModelKind, kind_of
+from posturescreen.models.landmarks import LandmarkNet
 from posturescreen.models.linear import AngleModel, FusionModel
 from posturescreen.posture.estimator import POSE_DRAFT
+from posturescreen.screening.bundle_landmarks import (
+    BundleLandmarks,
+    LandmarkBundleError,
+    load_landmark_nets,
+)
+from posturescreen.screening.bundle_zip import BundleZipError, extract_zip
+from posturescreen.stats.links import logit, sigmoid
 
-BUNDLE_FORMAT = 2
-READABLE_FORMATS = (1, 2)  # format 1: CNN bundles of earlier versions (no crop, no angles)
+BUNDLE_FORMAT = 3  # 3: learned landmark models
+READABLE_FORMATS = (1, 2, 3)  # 1: CNN bundles of earlier versions (no crop, no angles)
 METADATA = "metadata.json"
-MAX_ZIP_ENTRIES = 64
-MAX_ZIP_BYTES = 8 * 2**30  # uncompressed; the paper's largest grid (VGG19 × 4) is ~2.2 GB
 MAX_METADATA_BYTES = 16 * 2**20
 INTENDED_USE = (
     "Research tool. Estimates, from one side-view photo of habitual sitting posture, the "
@@ -65,11 +71,13 @@ class BundleError(PostureScreenError):
 
 
 class _Meta(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # a number in a bundle is never NaN or infinite (NaN >= threshold is False: "negative")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
 _Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
 class BundlePreprocessing(_Meta):
@@ -85,7 +93,7 @@ class BundlePreprocessing(_Meta):
 
 class BundleThreshold(_Meta):
     value: float = Field(ge=0.0, le=1.0)
-    per_fold: list[float] = Field(default_factory=list)
+    per_fold: list[_Share] = Field(default_factory=list)
     rule: str
     how: str
 
@@ -98,18 +106,20 @@ class FoldCalibration(_Meta):
 
 
 class OperatingPoint(_Meta):
-    """The decision rule a bundle applies, and how it did on the study's out-of-fold
-    photos (each scored by the fold model that did not train on it)."""
+    """The decision rules a bundle applies — each fold model's own (its recalibrated
+    probability against its own threshold) — and how they did on the study's out-of-fold
+    photos: exactly the study's photo-level decisions, with their CIs."""
 
     rule: str
-    threshold: float = Field(ge=0.0, le=1.0)
+    threshold: float = Field(ge=0.0, le=1.0)  # the mean rule that breaks a tied vote
     level: Literal["photo"] = "photo"
     n: int = Field(ge=0)
-    Sen: float | None = None
-    Spe: float | None = None
-    PPV: float | None = None
-    NPV: float | None = None
-    ACC: float | None = None
+    Sen: _Share | None = None
+    Spe: _Share | None = None
+    PPV: _Share | None = None
+    NPV: _Share | None = None
+    ACC: _Share | None = None
+    ci: dict[str, tuple[_Share, _Share]] = Field(default_factory=dict)  # metric -> (low, high)
 
 
 class BundleFold(_Meta):
@@ -121,6 +131,8 @@ class BundleFold(_Meta):
     # an angle model and the fusion (angles and fusion bundles)
     angles: AngleModel | None = None
     fusion: FusionModel | None = None
+    # learned landmarks: the models whose mean points this fold's angles come from
+    landmark_models: list[str] = Field(default_factory=list, max_length=64)
     threshold: float = Field(ge=0.0, le=1.0)
     best_epoch: int | None = None
 
@@ -131,7 +143,7 @@ class BundlePose(_Meta):
     crop: bool = False
     crop_margin: float = Field(0.1, ge=0, le=1)
     min_visibility: float = Field(0.5, ge=0, le=1)
-    landmark_source: Literal["estimator", "manifest", "none"] = "none"
+    landmark_source: Literal["estimator", "learned", "manifest", "none"] = "none"
     decode_size: int | None = Field(None, ge=16, le=4096)  # the estimator's photo size
 
 
@@ -147,7 +159,7 @@ class BundleStudy(_Meta):
 class BundleMetadata(_Meta):
     """metadata.json, validated on load (extra keys from newer writers are kept)."""
 
-    format: Literal[1, 2]
+    format: Literal[1, 2, 3]
     task: str = Field(min_length=1, max_length=200)
     model: str = Field(min_length=1, max_length=200)
     kind: Literal["cnn", "angles", "fusion"] = "cnn"
@@ -161,6 +173,7 @@ class BundleMetadata(_Meta):
     preprocessing: BundlePreprocessing | None = None  # the CNN's (cnn and fusion bundles)
     threshold: BundleThreshold
     operating_point: OperatingPoint | None = None  # format 1 bundles have none
+    landmarks: BundleLandmarks | None = None  # learned landmark models (format 3)
     training_cohort: list[dict[str, Any]] = Field(default_factory=list)
     metrics: list[dict[str, Any]] = Field(default_factory=list)
     folds: list[BundleFold] = Field(min_length=1, max_length=50)
@@ -190,9 +203,15 @@ class BundleMetadata(_Meta):
                 if getattr(f, part) is None:
                     raise ValueError(f"fold {f.fold}: {article} {self.kind} bundle needs "
                                      f"`{part}`")
-        if kind.uses_angles and self.pose.landmark_source != "estimator":
-            raise ValueError("angles on a new photo come from the pose estimator: "
-                             "pose.landmark_source must be 'estimator'")
+        if kind.uses_angles and self.pose.landmark_source not in ("estimator", "learned"):
+            raise ValueError("angles on a new photo come from the pose estimator or learned "
+                             "landmark models: pose.landmark_source must be one of them")
+        if kind.uses_angles and self.pose.landmark_source == "learned":
+            known = {m.name for m in self.landmarks.models} if self.landmarks else set()
+            for f in self.folds:
+                if not f.landmark_models or set(f.landmark_models) - known:
+                    raise ValueError(f"fold {f.fold}: learned landmarks need `landmark_models` "
+                                     "naming models listed in `landmarks`")
         return self
 
     @property
@@ -209,6 +228,7 @@ class Bundle:
     preprocessing: Preprocessing | None
     angle_models: list[AngleModel] = field(default_factory=list)  # one per fold
     fusions: list[FusionModel] = field(default_factory=list)
+    landmark_nets: dict[str, LandmarkNet] = field(default_factory=dict)  # learned landmarks
 
     @property
     def name(self) -> str:
@@ -240,21 +260,40 @@ class Bundle:
         """The bundle cut to its k-th fold model: what scored that fold's test photos."""
         meta = self.metadata.model_copy(update={"folds": [self.metadata.folds[k]]})
         return Bundle(self.path, meta, self.models[k:k + 1], self.preprocessing,
-                      self.angle_models[k:k + 1], self.fusions[k:k + 1])
+                      self.angle_models[k:k + 1], self.fusions[k:k + 1], self.landmark_nets)
+
+    def fold_decisions(self, calibrated: list[float]) -> list[str]:
+        """Each fold rule's decision: its recalibrated probability against its threshold."""
+        return ["positive" if p >= f.threshold else "negative"
+                for p, f in zip(calibrated, self.metadata.folds, strict=True)]
+
+    def decide(self, calibrated: list[float]) -> str:
+        """The fold rules' majority; a tie: the mean probability against the mean threshold
+        (operating_point.rule says the same)."""
+        positive = self.fold_decisions(calibrated).count("positive")
+        if 2 * positive != len(calibrated):
+            return "positive" if 2 * positive > len(calibrated) else "negative"
+        return "positive" if float(np.mean(calibrated)) >= self.threshold else "negative"
 
     def calibrate(self, fold_probs: list[float]) -> list[float]:
-        """Each fold model's probability through that fold's recalibration."""
-        out = []
-        for p, f in zip(fold_probs, self.metadata.folds, strict=True):
-            c = f.calibration
-            q = min(max(float(p), 1e-7), 1 - 1e-7)
-            z = c.slope * math.log(q / (1 - q)) + c.intercept
-            out.append(1.0 / (1.0 + math.exp(-z)))
-        return out
+        """Each fold model's probability through that fold's recalibration (the study's
+        Calibrator: the same link, so a slope of 487 saturates instead of overflowing)."""
+        folds = self.metadata.folds
+        if len(fold_probs) != len(folds):
+            raise ValueError(f"{len(fold_probs)} probabilities for {len(folds)} folds")
+        slope = np.array([f.calibration.slope for f in folds])
+        intercept = np.array([f.calibration.intercept for f in folds])
+        return sigmoid(slope * logit(np.asarray(fold_probs, dtype=float)) + intercept).tolist()
 
     @property
     def needs_pose(self) -> bool:
         return self.metadata.pose.crop or self.kind.uses_angles
+
+    @property
+    def needs_person(self) -> bool:
+        """No score without a person: angles (and a fusion's) are measured on one, and a
+        CNN with the person crop was trained on people cut from the scene."""
+        return self.needs_pose
 
 
 def read_metadata(path: Path, shown: Path) -> BundleMetadata:
@@ -283,35 +322,6 @@ def read_metadata(path: Path, shown: Path) -> BundleMetadata:
                              if e.error_count() > 1 else "")) from e
 
 
-def _extract_zip(path: Path, dest: Path) -> None:
-    """Extract a bundle zip with limits checked on the declared sizes first and on the bytes
-    actually written (a zip can lie about its sizes)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-            if len(infos) > MAX_ZIP_ENTRIES:
-                raise BundleError(f"{path}: {len(infos)} entries; a bundle has at most "
-                                  f"{MAX_ZIP_ENTRIES}")
-            names = {i.filename for i in infos}
-            if METADATA not in names or any("/" in n or "\\" in n or n.startswith(".")
-                                             for n in names):
-                raise BundleError(f"{path}: not a posturescreen bundle (expects "
-                                  f"{METADATA} and weights files at the top level)")
-            if sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
-                raise BundleError(f"{path}: unpacks to more than {MAX_ZIP_BYTES >> 30} GB")
-            written = 0
-            for info in infos:
-                with z.open(info) as src, open(dest / info.filename, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > MAX_ZIP_BYTES:
-                            raise BundleError(f"{path}: unpacks to more than "
-                                              f"{MAX_ZIP_BYTES >> 30} GB")
-                        dst.write(chunk)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as e:
-        raise BundleError(f"{path}: damaged or unsupported zip ({e})") from e
-
-
 def _load_fold_model(folder: Path, fold: BundleFold, meta: BundleMetadata, shown: Path,
                      device: torch.device) -> nn.Module:
     f = folder / str(fold.file)
@@ -324,6 +334,12 @@ def _load_fold_model(folder: Path, fold: BundleFold, meta: BundleMetadata, shown
     except (SafetensorError, OSError, ValueError) as e:
         raise BundleError(f"{shown}: {fold.file} is not a readable safetensors file "
                           f"({e})") from e
+    broken = [k for k, t in state.items()
+              if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise BundleError(f"{shown}: {fold.file} holds NaN or infinite weights (in "
+                          f"{broken[0]}{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}"
+                          "); re-export it from a finished study")
     try:
         model, _ = build_model(meta.architecture, "none")
     except UnknownModelError as e:
@@ -351,7 +367,10 @@ def load_bundle(path: Path, device: torch.device | None = None) -> Bundle:
         if path.is_file():
             if not zipfile.is_zipfile(path):
                 raise BundleError(f"{path}: not a bundle (neither a folder nor a zip file)")
-            _extract_zip(path, Path(tmp))
+            try:
+                extract_zip(path, Path(tmp), metadata=METADATA)
+            except BundleZipError as e:
+                raise BundleError(str(e)) from e
             folder = Path(tmp)
         meta_path = folder / METADATA
         if not meta_path.is_file():
@@ -359,9 +378,14 @@ def load_bundle(path: Path, device: torch.device | None = None) -> Bundle:
         metadata = read_metadata(meta_path, path)
         models = [_load_fold_model(folder, fold, metadata, path, device)
                   for fold in metadata.folds] if metadata.architecture else []
+        try:
+            nets = (load_landmark_nets(folder, metadata.landmarks, path)
+                    if metadata.landmarks is not None else {})
+        except LandmarkBundleError as e:
+            raise BundleError(str(e)) from e
     p = metadata.preprocessing
     prep = Preprocessing.from_record(p.model_dump()) if p is not None else None
     angle_models = [f.angles for f in metadata.folds if f.angles is not None]
     fusions = [f.fusion for f in metadata.folds if f.fusion is not None]
-    return Bundle(path, metadata, models, prep, angle_models, fusions)
+    return Bundle(path, metadata, models, prep, angle_models, fusions, nets)
 

@@ -34,7 +34,12 @@ from posturescreen.screening.bundle import (
     FoldCalibration,
     OperatingPoint,
 )
-from posturescreen.stats.metrics import binary_metrics
+from posturescreen.screening.bundle_landmarks import (
+    BundleLandmarks,
+    LandmarkModelFile,
+    model_file,
+)
+from posturescreen.study.landmarks import read_plan
 
 
 def _finished_folds(run_dir: Path, task: str, model: str) -> list[tuple[int, Path, dict]]:
@@ -55,12 +60,13 @@ def _landmark_source(run_dir: Path, mcfg: ModelConfig) -> str:
     if not kind_of(mcfg).uses_angles:
         return "none"
     source = recorded_landmark_source(rf.read_table(run_dir, rf.ANGLES)) or "none"
-    if source != "estimator":
+    if source not in ("estimator", "learned"):
         raise BundleError(
             f"{run_dir}: the {mcfg.kind} model {mcfg.name!r} was fitted on angles from the "
             "manifest's landmark columns; a new photo has none, so a bundle must measure "
             "angles the way the study did. Rerun the study with --set "
-            "pose.landmarks=estimator (into another --out) to export it")
+            "pose.landmarks=learned (a landmark model learned from those columns) or "
+            "estimator, into another --out, to export it")
     return source
 
 
@@ -90,28 +96,41 @@ def _fold_parts(run_dir: Path, cfg: StudyConfig, mcfg: ModelConfig, task: str, k
     return fold, weights, cnn_info
 
 
+RULE_METRICS = ("Sen", "Spe", "PPV", "NPV", "ACC")
+
+
 def operating_point(run_dir: Path, cfg: StudyConfig, *, task: str, model: str,
                     threshold: float) -> OperatingPoint:
-    """The bundle's rule — each fold model's probability recalibrated on its fold's inner
-    validation split, averaged over the folds, positive at or above `threshold` (the mean of
-    the folds' photo thresholds) — applied to the study's out-of-fold photos."""
+    """The bundle's rules — each fold model's recalibrated probability against that fold's
+    own threshold — and their out-of-fold performance: the study's own photo-level
+    decisions (each photo by the one fold rule that did not train on it) with the study's
+    worker-bootstrap CIs. `threshold`: the mean rule that breaks a tied vote."""
     preds = rf.read_predictions(run_dir / rf.PREDICTIONS, cfg.data.subject_column)
     g = preds[(preds.task == task) & (preds.model == model)]
-    m = binary_metrics(g["label"].to_numpy(), g["prob"].to_numpy(),
-                       (g["prob"].to_numpy() >= threshold).astype(int))
-    how = ("Youden's J (midpoint) on the fold's recalibrated inner-validation probabilities"
+    metrics = pd.read_csv(run_dir / rf.METRICS)
+    rows = metrics[(metrics.task == task) & (metrics.model == model)
+                   & (metrics.level == "photo") & (metrics.ci_kind == "bootstrap")
+                   ].set_index("metric")
+    how = ("Youden's J (midpoint) on its recalibrated inner-validation probabilities"
            if cfg.threshold.rule == "youden" else f"fixed at {cfg.threshold.value}")
-    rule = (f"a photo is positive when the mean over the fold models of their recalibrated "
-            f"probabilities (each fold's Platt recalibration fitted on its inner validation "
-            f"split) is at least {threshold:.6f}, the mean of the folds' photo thresholds "
-            f"({how}). Sen, Spe, PPV, NPV and ACC here are that threshold applied to the "
-            "study's out-of-fold photos, each scored by the one fold model that did not "
-            "train on it: an out-of-fold approximation of the averaged rule (no photo has "
-            "an out-of-fold score from every fold model), and the threshold averages every "
-            "fold's, so for a given photo it is not fully nested")
+    rule = ("each fold model decides by its own rule: its probability, recalibrated on its "
+            f"fold's inner validation split, at or above its own threshold ({how}); a photo "
+            "is positive when most fold rules say so (a tie: when the mean recalibrated "
+            f"probability is at least {threshold:.6f}, the mean threshold). Sen, Spe, PPV, NPV "
+            "and ACC are the fold rules' out-of-fold decisions in the study, each photo by "
+            "the one fold rule that did not train on it, with worker-bootstrap 95% CIs: "
+            "exactly what this bundle cut to that fold gives on those photos. The vote of "
+            "all fold rules was not evaluated itself (no study photo has an out-of-fold "
+            "decision from every fold)")
+
+    def value(name: str, column: str) -> float | None:
+        v = float(rows.at[name, column]) if name in rows.index else float("nan")
+        return v if np.isfinite(v) else None
+
+    ci = {k: (value(k, "ci_low"), value(k, "ci_high")) for k in RULE_METRICS}
     return OperatingPoint(rule=rule, threshold=threshold, n=len(g),
-                          **{k: (None if not np.isfinite(m[k]) else m[k])
-                             for k in ("Sen", "Spe", "PPV", "NPV", "ACC")})
+                          ci={k: v for k, v in ci.items() if None not in v},
+                          **{k: value(k, "estimate") for k in RULE_METRICS})
 
 
 def export_bundle(run_dir: Path, *, task: str, model: str, out: Path) -> Path:
@@ -144,6 +163,16 @@ def export_bundle(run_dir: Path, *, task: str, model: str, out: Path) -> Path:
     counts = counts[counts["task"] == task]
     run_meta = rf.read_record(run_dir).get("posturescreen_run", {})
     task_cfg = next(t for t in cfg.tasks if t.name == task)
+    files = {str(fold.file): weights for fold, weights, _ in parts if weights is not None}
+    landmarks = None
+    if source == "learned":  # each fold measures angles with the models its study used
+        spec, test, paths = read_plan(run_dir)
+        landmarks = BundleLandmarks.describe(spec, [
+            LandmarkModelFile(name=n, file=model_file(n), sha256=sha256_file(p))
+            for n, p in paths.items()])
+        files.update({model_file(n): p for n, p in paths.items()})
+        for fold, _, _ in parts:
+            fold.landmark_models = test[fold.fold]
     thresholds = [float(calibration.at[k, "threshold_photo"]) for k, _, _ in folds]
     op = operating_point(run_dir, cfg, task=task, model=model, threshold=float(np.mean(thresholds)))
     cnn_info = parts[0][2]
@@ -168,9 +197,9 @@ def export_bundle(run_dir: Path, *, task: str, model: str, out: Path) -> Path:
         operating_point=op,
         training_cohort=counts.drop(columns="task").to_dict(orient="records"),
         metrics=metrics.drop(columns=["task", "model"]).to_dict(orient="records"),
-        folds=[fold for fold, _, _ in parts])
+        folds=[fold for fold, _, _ in parts], landmarks=landmarks)
     try:
-        _write(out, metadata, [(fold, weights) for fold, weights, _ in parts])
+        _write(out, metadata, files)
     except OutputError:
         raise
     except OSError as e:  # a full disk, a read-only folder: the staged copy is gone already
@@ -178,16 +207,15 @@ def export_bundle(run_dir: Path, *, task: str, model: str, out: Path) -> Path:
     return out
 
 
-def _write(out: Path, metadata: BundleMetadata,
-           weights: list[tuple[BundleFold, Path | None]]) -> None:
+def _write(out: Path, metadata: BundleMetadata, files: dict[str, Path]) -> None:
+    """The bundle: metadata.json and `files` (name in the bundle -> file to copy)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # staged beside the target, then renamed into place: a bundle appears whole or not at all
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         stage = Path(tmp) / "bundle"
         stage.mkdir()
-        for fold, path in weights:
-            if path is not None:
-                shutil.copyfile(path, stage / str(fold.file))
+        for name, path in files.items():
+            shutil.copyfile(path, stage / name)
         (stage / METADATA).write_text(metadata.model_dump_json(indent=2))
         if out.suffix == ".zip":
             def write_zip(path: Path) -> None:

@@ -8,7 +8,6 @@ functions serve the CLI and the web page."""
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -19,7 +18,6 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from posturescreen.data.deid import blur_chw, face_in_frame
 from posturescreen.data.images import (
     Frame,
     ImageReadError,
@@ -33,10 +31,12 @@ from posturescreen.files import atomic_write, atomic_write_text
 from posturescreen.models.cnn import target_layer
 from posturescreen.models.linear import RiskChange, lower_risk_change
 from posturescreen.models.training import predict_probs
-from posturescreen.posture.angles import measure
 from posturescreen.posture.estimator import PoseEstimator, PoseResult
+from posturescreen.posture.faces import FaceFinder, Faces, deidentify
 from posturescreen.runfolder import safe_name
+from posturescreen.screening.batch import spreadsheet_safe
 from posturescreen.screening.bundle import Bundle
+from posturescreen.screening.measure import finite_angles, fold_points, mean_angles, shifted
 
 T = TypeVar("T")
 
@@ -44,24 +44,34 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 ANGLE_PICTURE = 256  # the side of an angle model's overlay
 
 
+Status = Literal["ok", "no_person", "error"]
+
+
 class PredictionResult(BaseModel):
-    """What a prediction reports: the CLI's CSV/JSON rows and the web API's results."""
+    """What a prediction reports: the CLI's CSV/JSON rows and the web API's results. Only
+    status `ok` has a probability, a decision and advice: `no_person` (the bundle needs a
+    person and none was found) and `error` (`error` says why) have none."""
 
     task: str
     model: str
     kind: Literal["cnn", "angles", "fusion"] = "cnn"
-    probability: float  # mean over the fold models
-    fold_min: float
-    fold_max: float
-    fold_probabilities: list[float]
+    status: Status = "ok"
+    probability: float | None = None  # mean over the fold models
+    fold_min: float | None = None
+    fold_max: float | None = None
+    fold_probabilities: list[float] = Field(default_factory=list)
     threshold: float
-    decision: Literal["positive", "negative"]
+    decision: Literal["positive", "negative"] | None = None  # the fold rules' majority
+    # each fold model's own rule (recalibrated probability >= its own threshold): the
+    # decisions the study evaluated out-of-fold
+    fold_decisions: list[Literal["positive", "negative"]] = Field(default_factory=list)
     person_found: bool | None = None  # None: the bundle does not look for a person
     angles: dict[str, float] = Field(default_factory=dict)  # the angles measured
     lower_risk: str | None = None  # "raise CVA by 8.0° → risk 0.61 → 0.42" (a model property)
     lower_risk_angle: str | None = None
     lower_risk_to: float | None = None
     lower_risk_probability: float | None = None
+    error: str = ""  # why, when status is error
 
 
 class Prediction(PredictionResult):
@@ -86,8 +96,24 @@ def read_pose(bundle: Bundle, image: Image.Image, full_size: tuple[int, int],
     return estimator(image, full_size, bundle.metadata.pose.crop_margin)
 
 
-def _cnn_probs(bundle: Bundle, view: Image.Image, face, with_cam: bool
-               ) -> tuple[list[float], np.ndarray | None]:
+def find_faces(image: Image.Image, full_size: tuple[int, int], pose: PoseResult | None,
+               *, estimator: PoseEstimator | None) -> Faces:
+    """Every face in the photo (a temporary finder, on `estimator` when given)."""
+    with FaceFinder(estimator) as finder:
+        return finder(image, full_size, first=pose)
+
+
+def _shown(faces: Faces | None) -> Callable[[np.ndarray, Frame], np.ndarray]:
+    """How a picture of the photo is shown: with `faces` blurred (all of it when they are
+    not every face), or as it is when blurring is off (None)."""
+    if faces is None:
+        return lambda picture, frame: picture
+    return lambda picture, frame: deidentify(picture, faces, frame)
+
+
+def _cnn_probs(bundle: Bundle, view: Image.Image, shown: Callable[[np.ndarray, Frame],
+               np.ndarray], frame: Frame, with_cam: bool) -> tuple[list[float],
+                                                                     np.ndarray | None]:
     prep = bundle.preprocessing
     batch = letterbox(view, prep.input_size, prep.interpolation)[None]
     cl = bundle.metadata.preprocessing.channels_last
@@ -116,16 +142,18 @@ def _cnn_probs(bundle: Bundle, view: Image.Image, face, with_cam: bool
     ]
     # sigmoid in float32, as the study's predictions were computed
     probs = torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()
-    return probs, overlay(blur_chw(batch[0], face), np.mean(maps, axis=0))
+    return probs, overlay(shown(batch[0], frame), np.mean(maps, axis=0))
 
 
-def _risk(bundle: Bundle, cnn_probs: list[float]) -> Callable[[dict[str, float]], list[float]]:
-    """Fold probabilities as a function of the angles (the CNN's scores held fixed)."""
+def _risk(bundle: Bundle, cnn_probs: list[float]
+          ) -> Callable[[list[dict[str, float]]], list[float]]:
+    """Fold probabilities as a function of each fold's angles (the CNN's scores held
+    fixed)."""
 
-    def fold_probs(values: dict[str, float]) -> list[float]:
+    def fold_probs(per_fold: list[dict[str, float]]) -> list[float]:
         return [
             bundle.kind.probability(
-                cnn_probs[k] if cnn_probs else None, bundle.linear_parts(k), values
+                cnn_probs[k] if cnn_probs else None, bundle.linear_parts(k), per_fold[k]
             )
             for k in range(len(bundle.metadata.folds))
         ]
@@ -142,44 +170,60 @@ def predict_image(
     blur_faces: bool = True,
     pose: PoseResult | None = None,
     estimator: PoseEstimator | None = None,
+    faces: Faces | None = None,
 ) -> Prediction:
     """`image` must be upright RGB (as read_image_file / decode_image return it), decoded at
     `bundle.decode_size`; `full_size` is the photo's full resolution (default: the image's).
     `pose` is found with `estimator` (or a temporary one) when the bundle or the blur needs
-    it and none is given."""
+    it and none is given; so are `faces` (every face, for the blur). A bundle that needs a
+    person (`needs_person`) gives status `no_person` and nothing else when none is found;
+    a probability that is not finite gives status `error`."""
     full_size = full_size or image.size
     meta = bundle.metadata
     if pose is None and (bundle.needs_pose or (blur_faces and with_cam)):
         pose = read_pose(bundle, image, full_size, estimator=estimator)
     found = pose is not None and pose.found
-    face = pose.face_box if found and blur_faces else None
+    if bundle.needs_person and not found:
+        return Prediction(task=meta.task, model=meta.model, kind=meta.kind,
+                          status="no_person", threshold=bundle.threshold, person_found=False)
+    if blur_faces and with_cam and faces is None:
+        faces = find_faces(image, full_size, pose, estimator=estimator)
+    shown = _shown(faces if blur_faces else None)
     box = pose.box(meta.pose.crop_margin) if found and meta.pose.crop else None
     view, region = crop_region(image, full_size, box)
     cnn_probs, picture = [], None
     if bundle.kind.uses_pixels:
         frame = Frame(region, bundle.preprocessing.input_size)
-        cnn_probs, picture = _cnn_probs(bundle, view, face_in_frame(face, frame), with_cam)
+        cnn_probs, picture = _cnn_probs(bundle, view, shown, frame, with_cam)
     angles: dict[str, float] = {}
     change: RiskChange | None = None
     if not bundle.kind.uses_angles:
         probs = cnn_probs
     else:
-        points = pose.visible_points(meta.pose.min_visibility) if found else {}
-        angles = {k: v for k, v in measure(points).items() if math.isfinite(v)}
+        per_fold_points = fold_points(bundle, image, full_size, pose=pose)
+        per_fold = [finite_angles(p) for p in per_fold_points]
+        angles = mean_angles(per_fold)
+        move = shifted(per_fold, angles)
         fold_probs = _risk(bundle, cnn_probs)
-        probs = fold_probs(angles)
+        probs = fold_probs(per_fold)
         change = lower_risk_change(
-            bundle.angle_models, angles, lambda v: float(np.mean(bundle.calibrate(fold_probs(v))))
-        )
+            bundle.angle_models, angles,
+            lambda v: float(np.mean(bundle.calibrate(fold_probs(move(v))))))
+        points = {n: tuple(np.mean([p[n] for p in per_fold_points if n in p], axis=0))
+                  for n in dict.fromkeys(n for p in per_fold_points for n in p)}
         if with_cam and not bundle.kind.uses_pixels:  # the landmarks are the picture
             frame = Frame(region, ANGLE_PICTURE)
             pic = letterbox(view, ANGLE_PICTURE, "bilinear")
             picture = pose_overlay(
-                blur_chw(pic, face_in_frame(face, frame)),
-                {k: frame.point(*v) for k, v in points.items()},
+                shown(pic, frame), {k: frame.point(*v) for k, v in points.items()}
             )
     probs = bundle.calibrate(probs)  # the study's per-fold recalibration
     p = float(np.mean(probs))
+    if not np.isfinite(probs).all():  # never a decision: NaN >= threshold reads "negative"
+        return Prediction(task=meta.task, model=meta.model, kind=meta.kind, status="error",
+                          threshold=bundle.threshold, person_found=found if pose else None,
+                          error="the model gave no finite probability for this photo (a "
+                                "damaged bundle?)")
     return Prediction(
         task=meta.task,
         model=meta.model,
@@ -189,7 +233,8 @@ def predict_image(
         fold_max=max(probs),
         fold_probabilities=probs,
         threshold=bundle.threshold,
-        decision="positive" if p >= bundle.threshold else "negative",
+        decision=bundle.decide(probs),
+        fold_decisions=bundle.fold_decisions(probs),
         person_found=found if pose is not None else None,
         angles=angles,
         lower_risk=change.sentence() if change else None,
@@ -232,56 +277,70 @@ def predict_files(
     progress: Callable[[int], None] | None = None,
     blur_faces: bool = True,
 ) -> pd.DataFrame:
-    """One row per photo × bundle; unreadable photos get an `error` instead of a result.
-    Overlays go to out_dir/<photo stem>_<path hash>__<task>__<model>.png: one file per
-    input photo, even for photos with the same name in other folders or formats."""
+    """One row per photo × bundle, with its `status` (ok, no_person, error); an unreadable
+    photo gets one `error` row, a photo × bundle that fails its own, and the batch goes on.
+    Overlays go to out_dir/<photo stem>_<path hash>__<task>__<model>.png: one file per input
+    photo, even for photos with the same name in other folders or formats."""
     rows = []
-    needs_pose = any(b.needs_pose for b in bundles) or (blur_faces and with_cam)
+    pictures = with_cam and out_dir is not None
+    needs_pose = any(b.needs_pose for b in bundles) or (blur_faces and pictures)
     estimator = PoseEstimator() if needs_pose else None
-    for path in photos:
-        try:
-            decoded = decode_for_bundles(
-                bundles, lambda size, path=path: read_image_file(Path(path), draft_size=size)
-            )
-        except ImageReadError as e:
-            rows.append({"photo": str(path), "error": str(e)})
+    finder = FaceFinder(estimator) if blur_faces and pictures else None
+    try:
+        for path in photos:
+            rows += _predict_photo(Path(path), bundles, estimator=estimator, finder=finder,
+                                   out_dir=out_dir if pictures else None,
+                                   blur_faces=blur_faces)
             if progress:
                 progress(1)
-            continue
-        poses: dict[int, PoseResult] = {}
-        for b in bundles:
-            image, full_size, _ = decoded[b.decode_size]
+    finally:
+        if finder is not None:
+            finder.close()
+        if estimator is not None:
+            estimator.close()
+    return pd.DataFrame(rows)
+
+
+def _predict_photo(path: Path, bundles: Sequence[Bundle], *, estimator: PoseEstimator | None,
+                   finder: FaceFinder | None, out_dir: Path | None,
+                   blur_faces: bool) -> list[dict]:
+    """The rows of one photo: one per bundle, or one error row when it cannot be read."""
+    try:
+        decoded = decode_for_bundles(
+            bundles, lambda size: read_image_file(path, draft_size=size))
+    except ImageReadError as e:
+        return [{"photo": str(path), "status": "error", "error": str(e)}]
+    poses: dict[int, PoseResult] = {}
+    faces: dict[int, Faces] = {}
+    rows = []
+    for b in bundles:
+        image, full_size, _ = decoded[b.decode_size]
+        try:
             if estimator is not None and b.decode_size not in poses:
                 poses[b.decode_size] = estimator(image, full_size, b.metadata.pose.crop_margin)
-            pred = predict_image(
-                b,
-                image,
-                full_size,
-                with_cam=with_cam,
-                blur_faces=blur_faces,
-                pose=poses.get(b.decode_size),
-                estimator=estimator,
-            )
-            row = {"photo": str(path), **pred.as_dict(), "error": ""}
-            row["fold_probabilities"] = " ".join(f"{v:.6f}" for v in pred.fold_probabilities)
-            row["angles"] = " ".join(f"{k}={v:.1f}" for k, v in pred.angles.items())
-            if with_cam and out_dir is not None:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                name = (
-                    f"{overlay_stem(Path(path))}__{safe_name(pred.task)}__"
-                    f"{safe_name(pred.model)}.png"
-                )
-                atomic_write(
-                    out_dir / name,
-                    lambda p, pred=pred: Image.fromarray(pred.cam_overlay).save(p, format="PNG"),
-                )
-                row["cam_overlay"] = str(out_dir / name)
-            rows.append(row)
-        if progress:
-            progress(1)
-    if estimator is not None:
-        estimator.close()
-    return pd.DataFrame(rows)
+            if finder is not None and b.decode_size not in faces:
+                faces[b.decode_size] = finder(image, full_size, first=poses[b.decode_size])
+            pred = predict_image(b, image, full_size, with_cam=out_dir is not None,
+                                 blur_faces=blur_faces, pose=poses.get(b.decode_size),
+                                 estimator=estimator, faces=faces.get(b.decode_size))
+        except Exception as e:  # one photo's failure never ends the batch
+            rows.append({"photo": str(path), "task": b.metadata.task, "model": b.metadata.model,
+                         "kind": b.metadata.kind, "status": "error",
+                         "error": f"{path}: could not be scored ({type(e).__name__}: {e})"})
+            continue
+        row = {"photo": str(path), **pred.as_dict()}
+        row["fold_probabilities"] = " ".join(f"{v:.6f}" for v in pred.fold_probabilities)
+        row["fold_decisions"] = " ".join(pred.fold_decisions)
+        row["angles"] = " ".join(f"{k}={v:.1f}" for k, v in pred.angles.items())
+        if out_dir is not None:
+            row["cam_overlay"] = None  # no picture unless scored
+        if out_dir is not None and pred.cam_overlay is not None:
+            name = f"{overlay_stem(path)}__{safe_name(pred.task)}__{safe_name(pred.model)}.png"
+            atomic_write(out_dir / name,
+                         lambda p, pred=pred: Image.fromarray(pred.cam_overlay).save(p, "PNG"))
+            row["cam_overlay"] = str(out_dir / name)
+        rows.append(row)
+    return rows
 
 
 def overlay_stem(photo: Path) -> str:
@@ -295,7 +354,7 @@ def write_predictions(table: pd.DataFrame, out_dir: Path, fmt: Literal["csv", "j
     """predictions.csv or .json in out_dir, written atomically."""
     target = Path(out_dir) / f"predictions.{fmt}"
     if fmt == "csv":
-        atomic_write_text(target, table.to_csv(index=False))
+        atomic_write_text(target, spreadsheet_safe(table).to_csv(index=False))
     else:
         atomic_write_text(target, table.to_json(orient="records", indent=2))
     return target

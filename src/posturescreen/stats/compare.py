@@ -128,8 +128,9 @@ def delong_test(y_true: np.ndarray, scores1: np.ndarray, scores2: np.ndarray,
                 parts.append((pairs, np.array(e.aucs), np.full((2, 2), np.nan)))
                 where = f"fold {k}" if len(pd.unique(strata)) > 1 else "the data"
                 untestable.append(f"{where}: {e}")
-    if not parts:
-        raise ValueError("DeLong needs positives and negatives")
+    if not parts:  # e.g. a worker level where every fold holds one class
+        raise VarianceNotEstimable("no fold holds both positives and negatives, so the AUCs "
+                                   "are undefined")
     total = sum(w for w, _, _ in parts)
     aucs = sum((w / total) * a for w, a, _ in parts)
     if untestable:

@@ -136,12 +136,14 @@ def summarize(
     """Tidy metrics (task, model, level, metric, estimate, ci_low, ci_high, ci_kind) and the
     per-fold table, for each level's predictions (level name -> table with task, model,
     fold, label, prob, pred and the subject column). Resamples use one seed per task, so
-    models of a task are compared on the same resampled subjects. The fold-stratified AUC
-    ranks each fold's own scores (`prob_raw` when present): a recalibration, which is
-    monotone within a fold, changes nothing there."""
+    models of a task are compared on the same resampled subjects. Every metric of a level
+    reads its one score, `prob` (at the photo level a recalibration is monotone within a
+    fold, so the fold-stratified AUC is that of the raw scores; at the worker level the
+    average of recalibrated photo probabilities is what is thresholded, so it is what is
+    ranked)."""
     rows, fold_tables = [], []
     for level_name, predictions in levels.items():
-        score = "prob_raw" if stratified_auc and "prob_raw" in predictions else "prob"
+        score = "prob"
         folds = per_fold_metrics(predictions, level_name, score)
         fold_tables.append(folds)
         task_names = list(dict.fromkeys(predictions["task"]))

@@ -33,7 +33,7 @@ from posturescreen.models.kinds import FoldInputs, ScoreReader, kind_of
 from posturescreen.models.training import Reporter
 from posturescreen.runfolder import Job
 from posturescreen.study.prepare import StudyContext
-from posturescreen.study.splits import fold_split
+from posturescreen.study.splits import describe_split, fold_split
 
 
 class MissingCNNError(PostureScreenError):
@@ -113,7 +113,7 @@ def train_job(ctx: StudyContext, job: Job, reporter: Reporter | None = None) -> 
         split=split, groups=ctx.cohort[ctx.cfg.data.subject_column], model=model_cfg,
         train=ctx.cfg.train, threshold=ctx.cfg.threshold, seed=job.seed(ctx.cfg.seed),
         images=lambda size: ctx.cache.arrays[size],
-        preprocessing=ctx.preprocessing.get(job.model), angles=ctx.angles,
+        preprocessing=ctx.preprocessing.get(job.model), angles=ctx.angles_for(job.fold),
         scores=_score_reader(ctx, job), reporter=reporter, person_crop=ctx.cfg.pose.crop))
     val_idx = split.val if fitted.val_idx is None else fitted.val_idx
     y_val = split.y_val if fitted.y_val is None else fitted.y_val
@@ -124,6 +124,7 @@ def train_job(ctx: StudyContext, job: Job, reporter: Reporter | None = None) -> 
         **fitted.info, "n_train": len(split.train), "n_val": len(split.val),
         "n_val_scores": len(val_idx), "n_test": len(split.test),
         "train_seconds": round(time.perf_counter() - t0, 2),
+        "inner_split": describe_split(ctx, split),
     }
     return JobOutput(
         predictions_frame(

@@ -7,7 +7,7 @@ Nothing is written into the run folder before the config/data check has passed.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -39,8 +39,8 @@ from posturescreen.posture.tables import (
 )
 from posturescreen.progress import progress_bar
 from posturescreen.runfolder import Job
-from posturescreen.study.folds import outer_folds
-from posturescreen.study.tasks import all_task_labels, class_counts
+from posturescreen.study.folds import shared_outer_folds
+from posturescreen.study.tasks import all_task_labels, class_counts, mixed_label_warnings
 
 
 @dataclass
@@ -53,6 +53,14 @@ class StudyContext:
     cache: ImageCache
     preprocessing: dict[str, Preprocessing]  # CNNs only
     angles: pd.DataFrame | None = None  # angles.csv, indexed like `cohort`
+    pose: pd.DataFrame | None = None  # pose.csv (None: the estimator did not run)
+    landmark_source: str | None = None  # of the angles: manifest, estimator, learned
+    # learned landmarks: per outer fold, the angles its models see (study/landmarks.py)
+    fold_angles: dict[int, pd.DataFrame] = field(default_factory=dict)
+
+    def angles_for(self, fold: int) -> pd.DataFrame | None:
+        """The angles the models of an outer fold see, indexed like `cohort`."""
+        return self.fold_angles.get(fold, self.angles)
 
     def jobs(self) -> list[Job]:
         out = []
@@ -85,9 +93,8 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
             raise ManifestError(Path(cfg.data.manifest), [*same_file, _DUPLICATES_HINT])
     preprocessing = {m.name: preprocessing_for(m.name, m.image_size) for m in cfg.cnn_models()}
     sizes = decode_sizes(cfg.cnn_models())
-    columns = list(manifest.table.columns)
     recorder = None
-    if needs_estimator(cfg, columns):
+    if needs_estimator(cfg, manifest.table):
         known = rf.read_table(run_dir, rf.POSE)  # a resumed run reuses its poses
         recorder = PoseRecorder(PoseEstimator(), cfg.pose.crop, cfg.pose.crop_margin,
                                 results_from_table(known) if known is not None else None)
@@ -136,19 +143,13 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
                 "and have no angles[/yellow]"
             )
     angles = None
-    if cfg.uses_angles():
+    source = landmark_source(cfg, table) if cfg.uses_angles() else None
+    if source in ("manifest", "estimator"):
         angles = angle_table(table, cfg, pose)
         atomic_write_csv(run_dir / rf.ANGLES, angles)
-        source = landmark_source(cfg, list(table.columns))
-        console.print(
-            "posture angles from "
-            + (
-                "the manifest's landmark columns (hand-placed, or a synthetic cohort's true points)"
-                if source == "manifest"
-                else "the pose estimator's points"
-            )
-        )
         angles.index = table.index
+    if source is not None:
+        console.print("posture angles from " + SOURCE_TEXT[source])
     counts = class_counts(
         cohort,
         {t.name: cohort[f"label_{t.name}"].dropna().astype(int) for t in cfg.tasks},
@@ -156,7 +157,9 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
     )
     atomic_write_csv(run_dir / rf.CLASS_COUNTS, counts)
     _print_counts(counts, console)
-    return StudyContext(cfg, run_dir, cohort, cache, preprocessing, angles)
+    for sentence in mixed_label_warnings(cohort, cfg):
+        console.print(f"[yellow]{sentence}[/yellow]")
+    return StudyContext(cfg, run_dir, cohort, cache, preprocessing, angles, pose, source)
 
 
 def _print_counts(counts: pd.DataFrame, console: Console) -> None:
@@ -171,6 +174,14 @@ def _print_counts(counts: pd.DataFrame, console: Console) -> None:
         )
     console.print(t)
 
+
+SOURCE_TEXT = {
+    "manifest": "the manifest's landmark columns (hand-placed, or a synthetic cohort's true "
+                "points): no bundle can measure these on a new photo",
+    "estimator": "the pose estimator's points (MediaPipe Pose: the CVA's ear-shoulder proxy)",
+    "learned": "landmark models learned in each outer fold from the annotations of its "
+               "training workers (docs/pose.md)",
+}
 
 _DUPLICATES_HINT = Problem(
     "the study stops on a photo listed twice (it could be tested by a model trained on it); "
@@ -237,17 +248,11 @@ def _build_cohort(table: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     subjects = cohort[cfg.data.subject_column].astype(str)
     site_col = cfg.data.site_column
     sites = cohort[site_col].astype(str) if site_col and site_col in cohort else None
+    # one fold per worker for every task: what a fold fits once serves them all
+    fold = shared_outer_folds(labels, subjects, n_folds=cfg.cv.folds, seed=cfg.seed,
+                              scheme=cfg.cv.scheme, sites=sites)
     for task in cfg.tasks:
         y = labels[task.name]
         cohort[f"label_{task.name}"] = pd.Series(y, dtype="Int64")
-        fold = outer_folds(
-            y.to_numpy(),
-            subjects[y.index].to_numpy(),
-            n_folds=cfg.cv.folds,
-            seed=cfg.seed,
-            scheme=cfg.cv.scheme,
-            sites=sites[y.index].to_numpy() if sites is not None else None,
-            what=f"task {task.name!r}",
-        )
-        cohort[f"fold_{task.name}"] = pd.Series(fold, index=y.index, dtype="Int64")
+        cohort[f"fold_{task.name}"] = pd.Series(fold[y.index], index=y.index, dtype="Int64")
     return cohort

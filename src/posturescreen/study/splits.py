@@ -4,9 +4,11 @@ training folds cut into inner train and inner validation, grouped by subject and
 
 from __future__ import annotations
 
+import numpy as np
+
 from posturescreen.models.kinds import FoldSplit
 from posturescreen.runfolder import Job
-from posturescreen.study.folds import assert_disjoint, inner_split
+from posturescreen.study.folds import assert_disjoint, describe_inner_split, inner_split
 from posturescreen.study.prepare import StudyContext
 
 
@@ -43,3 +45,15 @@ def fold_split(ctx: StudyContext, job: Job) -> FoldSplit:
             f"{job}: subjects in both inner train and validation: {sorted(leaked)[:5]}"
         )
     return split
+
+
+def describe_split(ctx: StudyContext, split: FoldSplit) -> dict:
+    """The inner split as fold.json records it (folds.describe_inner_split): its size
+    against cv.inner_val_fraction, its subjects per class, and what falls short."""
+    cfg = ctx.cfg
+    idx = np.r_[split.train, split.val]
+    groups = ctx.cohort.loc[idx, cfg.data.subject_column].astype(str).to_numpy()
+    is_val = np.r_[np.zeros(len(split.train), bool), np.ones(len(split.val), bool)]
+    return describe_inner_split(np.r_[split.y_train, split.y_val], groups, is_val,
+                                val_fraction=cfg.cv.inner_val_fraction,
+                                unit=cfg.data.subject_unit)

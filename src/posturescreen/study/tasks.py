@@ -12,6 +12,7 @@ import pandas as pd
 
 from posturescreen.config.query import QueryError, evaluate, parse_query
 from posturescreen.config.study import ConfigError, StudyConfig, TaskConfig
+from posturescreen.stats.levels import label_agreement
 
 
 def _query_mask(table: pd.DataFrame, task: TaskConfig, which: str, expr: str) -> pd.Series:
@@ -59,3 +60,17 @@ def class_counts(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def mixed_label_warnings(cohort: pd.DataFrame, cfg: StudyConfig) -> list[str]:
+    """One sentence per task in which some subject's photos hold both classes: its worker
+    level will be refused (a subject has no single label), the photo level stands. Checked
+    for every task, whatever `data.label_columns` lists."""
+    subject, unit = cfg.data.subject_column, cfg.data.subject_unit
+    frames = [pd.DataFrame({"task": t.name, "row": cohort.loc[y.index, "row"],
+                            subject: cohort.loc[y.index, subject].astype(str), "label": y})
+              for t in cfg.tasks for y in [cohort[f"label_{t.name}"].dropna().astype(int)]]
+    agreement = label_agreement(pd.concat(frames, ignore_index=True), subject)
+    return [f"task {r.task!r}: {r.mixed} of {r.workers} {unit}s ({subject}) hold photos of "
+            f"both classes (e.g. {r.examples}); the {unit} level will not be reported for "
+            "it, the photo level will" for r in agreement.itertuples() if r.mixed]

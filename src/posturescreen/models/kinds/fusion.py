@@ -1,34 +1,57 @@
-"""The fusion kind: a CNN's score and the angle model's together. The CNN's and the angle
-model's scores are out-of-sample on the inner validation split, so the fusion is fitted
-there; its threshold comes from cross-validated fusion scores on that split (grouped by
-subject), never from photos it was fitted on."""
+"""The fusion kind: a CNN's score and the angle model's together, stacked. The angle model
+is the angle kind's own (fitted on all training photos, `C` chosen inside the fold), and on
+the inner validation split — where the CNN's scores are out-of-sample — its scores come from
+a grouped cross-fit over the training photos, so both inputs of the fusion are out-of-sample
+there. The fusion is fitted on that split in one of three modes (both scores with one shared
+weight, the CNN alone, the angles alone), the mode chosen by a grouped cross-validation on
+the same split: where one part carries no signal the fusion falls back to the other instead
+of diluting it. Its threshold comes from cross-validated fusion scores, never from photos it
+was fitted on."""
 
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+from sklearn.metrics import log_loss
 from sklearn.model_selection import GroupKFold
 
 from posturescreen.config.study import ModelConfig
-from posturescreen.models.kinds.angles import angle_columns, fit_angle_model
+from posturescreen.models.kinds.angles import (
+    angle_columns,
+    cross_validated_logits,
+    fit_angle_model,
+)
 from posturescreen.models.kinds.base import FoldFit, FoldInputs, LinearParts, ModelKind
-from posturescreen.models.linear import FusionModel
+from posturescreen.models.linear import FUSION_MODES, FusionModel
 from posturescreen.stats.metrics import rule_threshold
 
 
-def _cross_validated(cnn: np.ndarray, angle_logit: np.ndarray, y: np.ndarray,
-                     groups: np.ndarray, C: float) -> np.ndarray:
-    """Fusion scores for the inner validation photos, each from a fusion fitted without its
-    subject's photos (grouped k-fold, k <= 5)."""
+def cross_validated_fusion(cnn: np.ndarray, angle_logit: np.ndarray, y: np.ndarray, *,
+                           groups: np.ndarray, C: float, mode: str) -> np.ndarray:
+    """Fusion scores, each from a fusion fitted without its subject's photos (grouped k-fold,
+    k <= 5); NaN when there are too few subjects."""
     k = min(5, len(np.unique(groups)))
     out = np.full(len(y), np.nan)
     if k < 2:
         return out
     for fit, held in GroupKFold(n_splits=k).split(cnn, y, groups):
-        m = FusionModel.fit(cnn[fit], angle_logit[fit], y[fit], C=C)
+        m = FusionModel.fit(cnn[fit], angle_logit[fit], y[fit], C=C, mode=mode)
         out[held] = m.predict(cnn[held], angle_logit[held])
     return out
+
+
+def choose_mode(cnn: np.ndarray, angle_logit: np.ndarray, y: np.ndarray, *,
+                groups: np.ndarray, C: float) -> tuple[str, dict[str, float]]:
+    """The mode with the lowest grouped cross-validated log-loss (ties: both), and every
+    mode's loss; `both` when the split allows no cross-validation."""
+    losses = {}
+    for mode in FUSION_MODES:
+        p = cross_validated_fusion(cnn, angle_logit, y, groups=groups, C=C, mode=mode)
+        if not np.isfinite(p).all() or len(np.unique(y)) < 2:
+            return "both", {}
+        losses[mode] = float(log_loss(y, p, labels=[0, 1]))
+    return min(FUSION_MODES, key=lambda m: (losses[m], FUSION_MODES.index(m))), losses
 
 
 class FusionKind(ModelKind):
@@ -52,18 +75,24 @@ class FusionKind(ModelKind):
 
     def fit(self, inputs: FoldInputs) -> FoldFit:
         split, angles, C = inputs.split, inputs.angles, inputs.model.C
-        # the angle part on inner train only: its scores on inner validation stay
-        # out-of-sample
-        angle_model = fit_angle_model(angles, split.train, split.y_train, C=C)
+        train = np.concatenate([split.train, split.val])
+        y = np.concatenate([split.y_train, split.y_val])
+        groups = inputs.groups.loc[train].astype(str).to_numpy()
+        angle_model = fit_angle_model(angles, train, y, C=C, groups=groups)
+        # the validation photos' angle scores from models that did not see their subject
+        a_cv = cross_validated_logits(angles, train, y, groups=groups, C=C)
+        a_val = a_cv[len(split.train):]
+        a_test = angle_model.logit(angle_model.matrix(angle_columns(angles, split.test)))
         cnn_val = inputs.scores(inputs.model.cnn, "val", split.val)
         cnn_test = inputs.scores(inputs.model.cnn, "test", split.test)
-        a_val = angle_model.logit(angle_model.matrix(angle_columns(angles, split.val)))
-        a_test = angle_model.logit(angle_model.matrix(angle_columns(angles, split.test)))
-        fusion = FusionModel.fit(cnn_val, a_val, split.y_val, C=C)
+        val_groups = groups[len(split.train):]
+        fusion_C = angle_model.C  # the angle model's penalty, chosen inside the fold
+        mode, losses = choose_mode(cnn_val, a_val, split.y_val, groups=val_groups, C=fusion_C)
+        fusion = FusionModel.fit(cnn_val, a_val, split.y_val, C=fusion_C, mode=mode)
         test_prob = fusion.predict(cnn_test, a_test)
-        groups = inputs.groups.loc[split.val].astype(str).to_numpy()
         # the validation scores written (and the threshold) are cross-validated
-        val_prob = _cross_validated(cnn_val, a_val, split.y_val, groups, C)
+        val_prob = cross_validated_fusion(cnn_val, a_val, split.y_val, groups=val_groups,
+                                          C=fusion_C, mode=mode)
         how = "cross-validated"
         if not np.isfinite(val_prob).all():
             warnings.warn(f"{inputs.model.name}: too few subjects in the inner validation "
@@ -73,9 +102,11 @@ class FusionKind(ModelKind):
         threshold = rule_threshold(inputs.threshold, split.y_val, val_prob)
         info = {"threshold": threshold, "threshold_rule": inputs.threshold.rule,
                 "threshold_scores": how, "features": angle_model.features,
-                "coefficients_per_sd": angle_model.importance(),
+                "coefficients_per_sd": angle_model.importance(), "C": angle_model.C,
+                "fusion_mode": mode, "fusion_mode_log_loss": losses,
                 "fusion_weights": {"cnn": fusion.coef[0], "angles": fusion.coef[1]},
-                "fitted_on": "angles: inner train split; fusion: inner validation split"}
+                "fitted_on": "angles: all training photos (their validation scores "
+                             "cross-fitted); fusion: inner validation split"}
         return FoldFit(info, val_prob, test_prob,
                        linear_model={"angles": angle_model.to_dict(),
                                      "fusion": fusion.to_dict()})

@@ -33,6 +33,7 @@ from starlette.requests import ClientDisconnect
 from posturescreen import __version__
 from posturescreen.data.images import PHOTO_FORMATS, ImageReadError, decode_image
 from posturescreen.posture.estimator import PoseEstimator
+from posturescreen.posture.faces import FaceFinder
 from posturescreen.screening.bundle import Bundle
 from posturescreen.screening.predict import PredictionResult, decode_for_bundles, predict_image
 from posturescreen.screening.web.hosts import LOOPBACK_HOSTS
@@ -44,7 +45,7 @@ log = logging.getLogger("posturescreen.screening.web")
 
 
 class TaskResult(PredictionResult):
-    cam_overlay_png: str  # data URL
+    cam_overlay_png: str | None = None  # data URL; none unless status is ok
 
 
 class PredictResponse(BaseModel):
@@ -100,8 +101,10 @@ def create_app(bundles: list[Bundle], *, max_upload_bytes: int = 20 * 2**20,
                               "models. " + CAUTION)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posturescreen-model")
-    # the pose estimator lives on the model thread too (made on first use there)
+    # the pose estimator and the face finder live on the model thread too (made on first
+    # use there)
     estimator: list[PoseEstimator] = []
+    finder: list[FaceFinder] = []
     needs_pose = blur_faces or any(b.needs_pose for b in bundles)
     limit_text = f"{max_upload_bytes / 2**20:g} MB"
     page = resources.files("posturescreen.screening.web").joinpath("page.html").read_text("utf-8")
@@ -175,13 +178,33 @@ def create_app(bundles: list[Bundle], *, max_upload_bytes: int = 20 * 2**20,
             raise HTTPException(422, str(e)) from e
         if needs_pose and not estimator:
             estimator.append(PoseEstimator())
-        preds = [predict_image(b, *decoded[b.decode_size], blur_faces=blur_faces,
-                               estimator=estimator[0] if estimator else None)
-                 for b in bundles]
+        if blur_faces and not finder:
+            finder.append(FaceFinder(estimator[0]))
+        seen: dict[int, tuple] = {}  # decode size -> (pose, faces): found once per photo
+        results = [_result(b, *decoded[b.decode_size], seen) for b in bundles]
         full_size = next(iter(decoded.values()))[1]
-        return PredictResponse(
-            width=full_size[0], height=full_size[1], caution=CAUTION,
-            results=[TaskResult(**{**p.as_dict(), "cam_overlay_png":
-                                   _png_data_url(p.cam_overlay)}) for p in preds])
+        return PredictResponse(width=full_size[0], height=full_size[1], caution=CAUTION,
+                               results=results)
+
+    def _result(bundle: Bundle, image: Image.Image, full_size: tuple[int, int],
+                seen: dict[int, tuple]) -> TaskResult:
+        """One bundle's answer; a failure is that bundle's `error`, never an HTTP 500."""
+        try:
+            if bundle.decode_size not in seen:
+                pose = estimator[0](image, full_size, bundle.metadata.pose.crop_margin) \
+                    if estimator else None
+                seen[bundle.decode_size] = (
+                    pose, finder[0](image, full_size, first=pose) if finder else None)
+            pose, faces = seen[bundle.decode_size]
+            p = predict_image(bundle, image, full_size, blur_faces=blur_faces, pose=pose,
+                              estimator=estimator[0] if estimator else None, faces=faces)
+        except Exception as e:  # the other bundles still answer
+            log.exception("%s: prediction failed", bundle.name)
+            return TaskResult(task=bundle.metadata.task, model=bundle.metadata.model,
+                              kind=bundle.metadata.kind, status="error",
+                              threshold=bundle.threshold,
+                              error=f"could not be scored ({type(e).__name__})")
+        picture = _png_data_url(p.cam_overlay) if p.cam_overlay is not None else None
+        return TaskResult(**p.as_dict(), cam_overlay_png=picture)
 
     return app
