@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,44 +89,32 @@ def fit_landmarks(images_u8: np.ndarray, points: np.ndarray, *, spec: LandmarkSp
     net = net.to(memory_format=torch.channels_last)
     # bf16 only where it pays: the frozen layers (no backward); the trained ones fp32
     net.frozen_bf16 = step_precision == "bf16"
-    if net.backbone_frozen:
-        history = _fit_head(net, images_u8, points, epochs=epochs, batch_size=batch_size,
-                            lr=lr, gen=gen)
-        state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-        return LandmarkFit(state, history, weights, step_precision)
+    fit = _fit_head if net.backbone_frozen else _fit_network
+    history = fit(net, images_u8, points, epochs=epochs, batch_size=batch_size, lr=lr, gen=gen)
+    # channels_last weights are not contiguous; saved and reloaded as plain tensors
+    state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+    return LandmarkFit(state, history, weights, step_precision)
+
+
+def _fit_network(net, images_u8: np.ndarray, points: np.ndarray, *, epochs: int,
+                 batch_size: int, lr: float, gen: torch.Generator) -> pd.DataFrame:
+    """Train the head and the unfrozen backbone blocks on augmented photos."""
+    spec = net.spec
     head = [p for n, p in net.named_parameters() if not n.startswith("body.")]
     body = [p for p in net.body.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": body, "lr": lr * 0.5},  # the backbone slower
                                    {"params": head, "lr": lr}], weight_decay=1e-4)
-    n = len(images_u8)
-    batch = min(batch_size, n)
-    steps = max(1, n // batch)  # the last partial batch is dropped (BatchNorm)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(steps * epochs, steps))
     target = torch.from_numpy(np.nan_to_num(points)).float()
     annotated = torch.from_numpy(np.isfinite(points).all(-1)).float()
-    history = []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        order = torch.randperm(n, generator=gen)
-        losses = []
-        for k in range(steps):
-            idx = order[k * batch:(k + 1) * batch]
-            x, p, m = augment(normalise(images_u8[idx.numpy()], spec), target[idx],
-                              annotated[idx], gen=gen)
-            maps = net(x.contiguous(memory_format=torch.channels_last))
-            loss = heatmap_loss(maps.float(), p, m, sigma=spec.sigma)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)),
-                        "seconds": time.perf_counter() - t0})
-    # channels_last weights are not contiguous; saved and reloaded as plain tensors
-    state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-    return LandmarkFit(state, pd.DataFrame(history), weights, step_precision)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        x, p, m = augment(normalise(images_u8[idx.numpy()], spec), target[idx],
+                          annotated[idx], gen=gen)
+        maps = net(x.contiguous(memory_format=torch.channels_last))
+        return heatmap_loss(maps.float(), p, m, sigma=spec.sigma)
+
+    return _train(net, optimizer, n=len(images_u8), batch_size=batch_size, epochs=epochs,
+                  gen=gen, epoch_loss=lambda: batch_loss)
 
 
 @torch.no_grad()
@@ -157,8 +146,29 @@ def _fit_head(net, images_u8: np.ndarray, points: np.ndarray, *, epochs: int,
     annotated = torch.from_numpy(np.isfinite(both).all(-1)).float()
     params = [p for name, p in net.named_parameters() if not name.startswith("body.")]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+
+    def epoch_loss() -> Callable[[torch.Tensor], torch.Tensor]:
+        flip = (torch.rand(n, generator=gen) < 0.5).long() * n  # this epoch's mirrors
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+            idx = idx + flip[idx]
+            maps = net.head([f[idx] for f in features])
+            return heatmap_loss(maps.float(), target[idx], annotated[idx], sigma=net.spec.sigma)
+        return batch_loss
+
+    return _train(net, optimizer, n=n, batch_size=batch_size, epochs=epochs, gen=gen,
+                  epoch_loss=epoch_loss)
+
+
+def _train(net: torch.nn.Module, optimizer: torch.optim.Optimizer, *, n: int, batch_size: int,
+           epochs: int, gen: torch.Generator,
+           epoch_loss: Callable[[], Callable[[torch.Tensor], torch.Tensor]]
+           ) -> pd.DataFrame:
+    """Warm-up then cosine over `epochs` of seeded shuffles of n photos; `epoch_loss()`,
+    called after each shuffle (its own random draws follow it), gives that epoch's loss of a
+    batch of photo positions. The per-epoch history."""
     batch = min(batch_size, n)
-    steps = max(1, n // batch)
+    steps = max(1, n // batch)  # the last partial batch is dropped (BatchNorm)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps * epochs, steps))
     history = []
@@ -166,12 +176,10 @@ def _fit_head(net, images_u8: np.ndarray, points: np.ndarray, *, epochs: int,
         t0 = time.perf_counter()
         net.train()
         order = torch.randperm(n, generator=gen)
-        flip = (torch.rand(n, generator=gen) < 0.5).long() * n
+        batch_loss = epoch_loss()
         losses = []
         for k in range(steps):
-            idx = order[k * batch:(k + 1) * batch] + flip[order[k * batch:(k + 1) * batch]]
-            maps = net.head([f[idx] for f in features])
-            loss = heatmap_loss(maps.float(), target[idx], annotated[idx], sigma=net.spec.sigma)
+            loss = batch_loss(order[k * batch:(k + 1) * batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
