@@ -19,6 +19,7 @@ from posturescreen.cli.app import (
     console,
     err_console,
     fail,
+    print_table,
     study_config,
 )
 from posturescreen.files import atomic_write_csv
@@ -36,16 +37,10 @@ def _learned_agreement(manifest: Path, cfg, out: Path | None) -> None:
     out = out or Path("runs") / f"agreement-{manifest.stem}"
     angles, errors, hand, learned, how = learned_agreement(manifest, cfg, out=out,
                                                            console=err_console)
-    t = Table(title=f"learned landmarks (out-of-fold, {how}) and the estimator vs hand-placed "
-              "landmarks", title_justify="left",
-              caption="bias = measured − hand; LoA: Bland–Altman 95% limits; ICC with a 95% "
-                      "CI over resampled workers")
-    rows = formatted_agreement(angles)
-    for col in rows.columns:
-        t.add_column(col)
-    for r in rows.itertuples(index=False):
-        t.add_row(*r)
-    console.print(t)
+    print_table(f"learned landmarks (out-of-fold, {how}) and the estimator vs hand-placed "
+                "landmarks", formatted_agreement(angles),
+                caption="bias = measured − hand; LoA: Bland–Altman 95% limits; ICC with a 95% "
+                        "CI over resampled workers")
     p = Table(title="points: error in pixels and as a share of the person's height",
               title_justify="left")
     for col in ("source", "landmark", "n", "mean px", "median px", "PCK 2%", "PCK 5%"):
@@ -119,17 +114,8 @@ def agreement(
             f"{manifest}: no angle could be measured both from landmark columns (<name>_x, "
             "<name>_y for ear, c7 or shoulder, hip, ...) and by the estimator"
         )
-    t = Table(
-        title="estimator vs hand-placed landmarks",
-        title_justify="left",
-        caption="bias = estimator − hand; LoA: Bland–Altman 95% limits of agreement",
-    )
-    rows = formatted_agreement(table)
-    for col in rows.columns:
-        t.add_column(col)
-    for r in rows.itertuples(index=False):
-        t.add_row(*r)
-    console.print(t)
+    print_table("estimator vs hand-placed landmarks", formatted_agreement(table),
+                caption="bias = estimator − hand; LoA: Bland–Altman 95% limits of agreement")
     if out is not None:
         write_agreement(out, table=table, hand=hand, estimator=est)
         console.print(f"written: {out.resolve()}")

@@ -8,9 +8,7 @@ import getpass
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
-from rich.table import Table
 
 from posturescreen.cli.app import (
     ConfigOption,
@@ -19,6 +17,7 @@ from posturescreen.cli.app import (
     console,
     err_console,
     fail,
+    print_table,
     study_config,
 )
 from posturescreen.config.study import DataConfig
@@ -129,15 +128,6 @@ def annotate(
         suggestions.close()
 
 
-def _print(title: str, rows: pd.DataFrame, caption: str) -> None:
-    t = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for col in rows.columns:
-        t.add_column(col)
-    for r in rows.itertuples(index=False):
-        t.add_row(*r)
-    console.print(t)
-
-
 def rater_agreement_command(manifest: Path, *, data: DataConfig, raters: str,
                             annotation_file: Path | None, out: Path | None) -> None:
     """`agreement MANIFEST --raters A,B`: print (and with --out write) the two-rater
@@ -146,15 +136,15 @@ def rater_agreement_command(manifest: Path, *, data: DataConfig, raters: str,
     points, angles, n = two_rater_tables(manifest, data=data, raters=names,
                                          annotation_file=annotation_file)
     a, b = names
-    _print(f"rater {a} vs rater {b}: points ({n} photos both annotated)",
-           formatted_points(points),
-           "distance between the two raters' placements; one rater only: placed by one, "
-           "not visible or not placed by the other")
+    print_table(f"rater {a} vs rater {b}: points ({n} photos both annotated)",
+                formatted_points(points),
+                caption="distance between the two raters' placements; one rater only: placed "
+                "by one, not visible or not placed by the other", caption_justify="left")
     if angles.empty:
         fail("no angle could be measured from both raters' points on three photos")
-    _print(f"rater {a} vs rater {b}: angles", formatted_angles(angles),
-           f"bias = {b} − {a}; LoA: Bland–Altman 95% limits of agreement; ICC(2,1) with a "
-           "bootstrap 95% interval")
+    print_table(f"rater {a} vs rater {b}: angles", formatted_angles(angles),
+                caption=f"bias = {b} − {a}; LoA: Bland–Altman 95% limits of agreement; "
+                "ICC(2,1) with a bootstrap 95% interval", caption_justify="left")
     if out is not None:
         atomic_write_csv(out / "rater_points.csv", points)
         atomic_write_csv(out / "rater_angles.csv", angles)

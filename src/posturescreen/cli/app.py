@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import click
+import pandas as pd
 import typer
 from rich.console import Console
+from rich.table import Table
 from typer.core import TyperGroup
 
 from posturescreen.config import StudyConfig, load_config
@@ -17,6 +19,18 @@ from posturescreen.errors import PostureScreenError
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def print_table(title: str, rows: pd.DataFrame, *, caption: str | None = None,
+                caption_justify: str = "center") -> None:
+    """A table of text cells (e.g. `formatted_agreement`) on the console, its columns as is."""
+    t = Table(title=title, title_justify="left", caption=caption,
+              caption_justify=caption_justify)
+    for col in rows.columns:
+        t.add_column(col)
+    for r in rows.itertuples(index=False):
+        t.add_row(*r)
+    console.print(t)
 
 
 def fail(message: str) -> None:
