@@ -16,6 +16,7 @@ or read back from the cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -23,7 +24,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -131,7 +132,7 @@ class _Work:
             payload = {"result": self._measure(out, img, full)}
             if self.store is not None:
                 self.store.write_meta(size_key, meta)
-                if hook_key is not None:
+                if out.measured:  # not a resumed run's pose.csv values: they are partial
                     self.store.write_meta(hook_key, payload)
         out.full_size = (int(meta["full_size"][0]), int(meta["full_size"][1]))
         out.payload = payload["result"] if payload is not None else None
@@ -188,20 +189,42 @@ def _run_chunk(items: list[tuple[int, str]]) -> list[_Photo]:
     return [_WORK.photo(i, path) for i, path in items]
 
 
+@contextlib.contextmanager
+def _main_kept_out() -> Iterator[None]:
+    """Start worker processes without importing the main script in each: multiprocessing
+    re-imports it (for functions defined there) unless __main__ names no file or module.
+    Workers run only this package's code, and for the `posturescreen` command that import
+    is the whole CLI and torch: seconds per worker, and a script without a main guard
+    would start a study in every worker."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 def _in_processes(work: _Work, items: list[tuple[int, str]], workers: int,
                   gather: Callable[[_Photo], None]) -> None:
     """Chunks of photos on `workers` processes, a few chunks in flight per worker, results
     gathered as they come (so the progress bar moves and nothing piles up)."""
     size = max(1, min(16, len(items) // (workers * 8)))
     chunks = iter([items[k:k + size] for k in range(0, len(items), size)])
-    # fork on Linux: a worker starts in milliseconds with everything imported (spawn and
-    # forkserver import the main module again: the whole CLI and torch, seconds per worker).
-    # Workers touch neither torch nor this process's threads, only files, PIL and their own
-    # pose graph. Elsewhere spawn, where a script must start studies under a main guard.
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    # forkserver: workers fork from a clean server process, never from this one, whose
+    # threads (torch's, a MediaPipe graph's) make a forked child abort. The server has this
+    # module preloaded; the main script is not imported again (see _main_kept_out).
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                initargs=(work,))
-    pending = {pool.submit(_run_chunk, c) for c in itertools.islice(chunks, 3 * workers)}
+    with _main_kept_out():  # every worker starts during these first submissions
+        pending = {pool.submit(_run_chunk, c) for c in itertools.islice(chunks, 3 * workers)}
     try:
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -213,8 +236,7 @@ def _in_processes(work: _Work, items: list[tuple[int, str]], workers: int,
                     pending.add(pool.submit(_run_chunk, nxt))
     except BrokenProcessPool as e:
         raise DecodeWorkerError(
-            "a photo-decoding worker process died (killed, out of memory, or a script that "
-            "starts a study outside `if __name__ == \"__main__\":`): fix the script, or set "
+            "a photo-decoding worker process died (killed, or out of memory): set "
             "data.decode_workers lower (1 decodes in the study's own process)") from e
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -15,11 +15,12 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from posturescreen import runfolder as rf
-from posturescreen.config.study import ModelConfig, StudyConfig, check_cam_method
+from posturescreen.config.study import DataConfig, ModelConfig, StudyConfig, check_cam_method
 from posturescreen.data.deid import blur_chw, face_in_frame
-from posturescreen.data.images import Box, Frame, ImageCache, build_image_cache, letterbox_labels
+from posturescreen.data.images import Box, Frame, ImageCache, PhotoArray, letterbox_labels
 from posturescreen.data.landmarks import frame_points, landmark_names
 from posturescreen.data.manifest import resolve_image_path
+from posturescreen.data.photo_arrays import take
 from posturescreen.explain.cams import compute_cams, overlay
 from posturescreen.explain.pictures import TopK, gallery, heatmap_png
 from posturescreen.explain.regions import (
@@ -33,6 +34,7 @@ from posturescreen.models.cnn import Preprocessing, build_model, target_layer
 from posturescreen.posture.tables import face_boxes, person_boxes
 from posturescreen.progress import progress_bar
 from posturescreen.runfolder import Job
+from posturescreen.study.photos import decode_study_photos
 
 OUTCOMES = ("TP", "TN", "FP", "FN")
 SHARE_COLUMNS = ["task", "model", "fold", "row", "image", "prob", "outcome", "region",
@@ -47,22 +49,26 @@ def outcome(label: int, pred: int) -> str:
 @dataclass
 class _RunImages:
     """The run's cohort and its photos decoded exactly as the study decoded them (once, on
-    first use, cut to the same person boxes), with each photo's face box to blur."""
+    first use, cut to the same person boxes: found in the study's photo cache when it has
+    one), with each photo's face box to blur."""
 
     cohort: pd.DataFrame
     manifest_dir: Path
     sizes: dict[int, str]
     paths: list[Path]
+    data: DataConfig  # where the study's photo cache is (the photos are found there)
+    console: Console
     draft: int | None = None
     crops: dict[int, Box] = field(default_factory=dict)  # cohort position -> person box
     faces: dict[int, Box] = field(default_factory=dict)  # cohort position -> face box
     cache: ImageCache | None = None
     position: dict[int, int] = field(default_factory=dict)  # manifest row -> position
 
-    def arrays(self, size: int) -> np.ndarray:
+    def arrays(self, size: int) -> PhotoArray:
         if self.cache is None:
-            self.cache = build_image_cache(self.paths, self.sizes, draft_size=self.draft,
-                                           hook=lambda i, *_: self.crops.get(i))
+            self.cache = decode_study_photos(
+                self.data, self.paths, self.sizes, draft=self.draft, console=self.console,
+                boxes=dict(self.crops), description=f"photos for CAMs ({len(self.paths)})")
         return self.cache.arrays[size]
 
     def frame(self, i: int, size: int) -> Frame | None:
@@ -98,7 +104,7 @@ def _recorded_sizes(run_dir: Path, cfg: StudyConfig) -> dict[int, str]:
 
 
 def _run_images(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
-                blur_faces: bool) -> _RunImages:
+                *, blur_faces: bool, console: Console) -> _RunImages:
     manifest_dir = Path(cfg.data.manifest).parent
     position = {int(r): i for i, r in enumerate(cohort["row"])}
     pose = rf.read_table(run_dir, rf.POSE)
@@ -112,7 +118,7 @@ def _run_images(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
     return _RunImages(
         cohort, manifest_dir, _recorded_sizes(run_dir, cfg),
         [resolve_image_path(manifest_dir, v) for v in cohort[cfg.data.image_column]],
-        rf.decode_size(run_dir), crops, faces, position=position)
+        cfg.data, console, rf.decode_size(run_dir), crops, faces, position=position)
 
 
 @dataclass
@@ -141,7 +147,7 @@ def explain_run(
     method = check_cam_method(method or cfg.cams.method)
     write_overlays = cfg.cams.overlays if write_overlays is None else write_overlays
     blur = cfg.privacy.blur_faces if blur_faces is None else blur_faces
-    images = _run_images(run_dir, cfg, cohort, blur)
+    images = _run_images(run_dir, cfg, cohort, blur_faces=blur, console=console)
     frames = []
     for task in cfg.tasks:
         if tasks and task.name not in tasks:
@@ -195,7 +201,7 @@ def _explain_fold(run_dir: Path, job: Job, mcfg: ModelConfig, images: _RunImages
     pos = np.array([images.position[int(r)] for r in preds["row"]])
     prep = _recorded_preprocessing(run_dir, job)
     size = prep.input_size
-    pixels = images.arrays(size)[pos]
+    pixels = take(images.arrays(size), pos)  # read in batches, not all at once
     cams = compute_cams(model, pixels, prep, layer=target_layer(model, mcfg.name), method=method)
     names = landmark_names(list(images.cohort.columns))
     for j, p in enumerate(preds.itertuples(index=False)):
