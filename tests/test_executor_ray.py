@@ -150,6 +150,8 @@ def test_ray_grid_with_the_photo_cache_off_is_byte_identical(ray, cfg, local_run
 def test_worker_killed_mid_job_is_retried_and_the_grid_completes(ray, cfg, local_run, tmp_path):
     run_dir = tmp_path / "killed"
     ctx = prepare_study(cfg, run_dir, Console(file=io.StringIO()))
+    # the photo cache on (the default): workers read the photos from its folder
+    assert isinstance(ctx.cache.arrays[32], StoredPhotos)
     victim = Job("NSP", "test_resnet", 1)
     train = KillOnce(partial(train_job, ctx), victim, tmp_path / "killed-once")
     executor, out = _executor(ray, max_retries=1)
