@@ -178,6 +178,7 @@ def _run(phase: str, args, **changes) -> dict:
             "--compression", args.compression,
             "--workers", str(changes.get("workers", args.workers or 0))]
     argv += ["--epoch-steps", str(args.epoch_steps)] if args.epoch_steps else []
+    argv += ["--threads", str(args.threads)]
     argv += ["--pose"] if changes.get("pose") else []
     argv += ["--in-memory"] if changes.get("in_memory") else []
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
@@ -203,12 +204,17 @@ def main() -> None:
     ap.add_argument("--epoch-steps", type=int, default=None,
                     help="time only this many batches of each epoch (of a shuffled order over "
                     "all N photos) and scale to the whole epoch; default: the whole epoch")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads in the epochs (0: torch's default, every core); 1 "
+                    "keeps the timing steady on a machine others are using")
     ap.add_argument("--scaling", action="store_true", help="also 1 vs 2 decoding workers")
     ap.add_argument("--pose", action="store_true", help="scaling with the pose estimator")
     ap.add_argument("--phase", choices=["decode", "epoch"], help=argparse.SUPPRESS)
     ap.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.workers = args.workers or None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.phase:
         run = phase_decode if args.phase == "decode" else phase_epoch
         PEAK.start()
