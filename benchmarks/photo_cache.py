@@ -12,7 +12,9 @@ Phases, each printed with a ratio against a reference measured in the same run:
 
 - scaling (--scaling): decode and letterbox the first 1,000 photos into an empty cache with
   1 worker, then with 2 (ratio 2 workers / 1 worker; target >= 1.7); with --pose the pose
-  estimator runs in the workers too, as in a study with the person crop.
+  estimator runs in the workers too, as in a study with the person crop. Also the CPU
+  seconds of each (sampled from /proc): on a machine others are using, wall time cannot
+  show scaling, the CPU time still shows the overhead of the second worker.
 - first study: every photo decoded into the cache by all cores (photos/s, peak RSS).
 - second study: the same photos again: every entry found, nothing decoded (ratio first /
   second).
@@ -63,15 +65,22 @@ REFERENCE_PHOTOS = 1000
 TARGET_RSS_MB = 4096
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+CPU_SECONDS: dict[int, float] = {}  # CPU time last seen of each process of the tree
+
+
 def _tree_rss_mb() -> float:
     """RSS of this process and all its descendants (the decoding workers), MB, from /proc
-    (Linux). Pages shared between forked workers are counted in each: an upper bound."""
-    parent = {}
+    (Linux). Pages shared between forked workers are counted in each: an upper bound.
+    Records each one's CPU time on the way (CPU_SECONDS)."""
+    parent, cpu = {}, {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
                 with open(f"/proc/{name}/stat") as f:
-                    parent[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parent[int(name)] = int(fields[1])
+                cpu[int(name)] = (int(fields[11]) + int(fields[12])) / _TICK
             except (OSError, IndexError, ValueError):
                 pass  # ended meanwhile
     tree, grew = {os.getpid()}, True
@@ -79,6 +88,7 @@ def _tree_rss_mb() -> float:
         more = {p for p, pp in parent.items() if pp in tree} - tree
         tree |= more
         grew = bool(more)
+    CPU_SECONDS.update({pid: cpu[pid] for pid in tree if pid in cpu})
     total = 0
     for pid in tree:
         try:
@@ -130,7 +140,8 @@ def phase_decode(args) -> dict:
     seconds = time.perf_counter() - t0
     own, workers = _rss_mb()
     return {"seconds": seconds, "found": cache.stats.found, "decoded": cache.stats.decoded,
-            "workers": cache.stats.workers, "rss_mb": own, "worker_rss_mb": workers}
+            "workers": cache.stats.workers, "rss_mb": own, "worker_rss_mb": workers,
+            "cpu_seconds": sum(CPU_SECONDS.values())}
 
 
 def _epoch(images, size: int, n: int, steps: int | None) -> tuple[float, int]:
@@ -160,11 +171,17 @@ def phase_epoch(args) -> dict:
     size = args.sizes[0]
     sizes = {size: INTERPOLATION.get(size, "bicubic")}
     paths = _paths(args.manifest, args.photos)
+    # decoded at the first study's draft size, so its entries are the ones found
+    draft = args.draft or max(sizes)
     if args.in_memory:  # the reference: the photos as a numpy array, decoded here
-        images = decode_photos(paths, sizes, workers=args.workers).arrays[size]
+        images = decode_photos(paths, sizes, draft_size=draft,
+                               workers=args.workers).arrays[size]
     else:  # every entry is in the cache already: this only indexes it
-        images = decode_photos(paths, sizes, store=PhotoStore.open(args.cache,
-                               args.compression), workers=args.workers).arrays[size]
+        cache = decode_photos(paths, sizes, store=PhotoStore.open(args.cache, args.compression),
+                              draft_size=draft, workers=args.workers)
+        if cache.stats.decoded:
+            raise SystemExit(f"{cache.stats.decoded} photos were not in the cache")
+        images = cache.arrays[size]
     seconds, trained = _epoch(images, size, len(paths), args.epoch_steps)
     own, workers = _rss_mb()
     return {"seconds": seconds, "trained": trained, "rss_mb": own, "worker_rss_mb": workers}
@@ -178,7 +195,7 @@ def _run(phase: str, args, **changes) -> dict:
             "--compression", args.compression,
             "--workers", str(changes.get("workers", args.workers or 0))]
     argv += ["--epoch-steps", str(args.epoch_steps)] if args.epoch_steps else []
-    argv += ["--threads", str(args.threads)]
+    argv += ["--threads", str(args.threads), "--draft", str(max(args.sizes))]
     argv += ["--pose"] if changes.get("pose") else []
     argv += ["--in-memory"] if changes.get("in_memory") else []
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
@@ -211,6 +228,7 @@ def main() -> None:
     ap.add_argument("--pose", action="store_true", help="scaling with the pose estimator")
     ap.add_argument("--phase", choices=["decode", "epoch"], help=argparse.SUPPRESS)
     ap.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--draft", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.workers = args.workers or None
     if args.threads:
@@ -236,6 +254,12 @@ def main() -> None:
                   f"{m / timed[w]['seconds']:.1f} photos/s")
         print(f"decode scaling, 2 workers / 1 worker: "
               f"{timed[1]['seconds'] / timed[2]['seconds']:.2f} (target >= 1.7)")
+        # what 2 free cores would give: the work per photo, whoever else uses the machine
+        cpu = {w: timed[w]["cpu_seconds"] for w in (1, 2)}
+        print(f"CPU seconds (process tree, start-up included): 1 worker {cpu[1]:.1f}, "
+              f"2 workers {cpu[2]:.1f}; parallel efficiency 1 / 2 workers "
+              f"{cpu[1] / cpu[2]:.2f} (1.0: no overhead; wall scaling on 2 idle cores is at "
+              f"most 2 x this)")
     shutil.rmtree(args.cache, ignore_errors=True)
     first = _run("decode", args)
     _line("first study: decode into the cache", first, f"{n / first['seconds']:.1f} photos/s, "
