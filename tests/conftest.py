@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,11 @@ from posturescreen.pipeline import run_study
 # tests talk to nothing but loopback: no library telemetry
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# the photo cache (and any other user cache) of the tests: a folder of their own, removed
+# at the end, never the user's ~/.cache
+_CACHE = tempfile.mkdtemp(prefix="posturescreen-tests-cache-")
+os.environ["POSTURESCREEN_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def make_photo(path: Path, ch: int, nsp: int, rng: np.random.Generator, size: int = 40) -> None:

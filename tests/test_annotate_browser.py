@@ -15,7 +15,8 @@ import pytest
 import uvicorn
 from annotate_helpers import fake_suggester, free_port, make_manifest
 
-from posturescreen.config.study import DataConfig, load_config
+from posturescreen.config.data import DataConfig
+from posturescreen.config.study import load_config
 from posturescreen.data.annotations import Point, annotations_path, read_annotations
 from posturescreen.pipeline import run_study
 from posturescreen.posture.angles import measure

@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from posturescreen.cli import app as cli
-from posturescreen.config.study import DataConfig
+from posturescreen.config.data import DataConfig
 from posturescreen.data.annotations import (
     Point,
     annotation_qc_path,

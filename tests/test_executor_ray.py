@@ -13,6 +13,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 from conftest import TINY_OVERRIDES
 from posturescreen.cli import app
 from posturescreen.config.study import load_config
+from posturescreen.data.photo_arrays import StoredPhotos
 from posturescreen.errors import MissingExtraError
 from posturescreen.models.precision import training_precision
 from posturescreen.pipeline import run_study
@@ -77,13 +79,16 @@ def _same_results(a: Path, b: Path) -> None:
 
 class KillOnce:
     """Kills its own worker process in the middle of the victim's first training attempt
-    (a marker file tells attempts apart); checks the image cache arrived zero-copy."""
+    (a marker file tells attempts apart); checks the photos arrived without a copy."""
 
     def __init__(self, train, victim: Job, marker: Path):
         self.train, self.victim, self.marker = train, victim, marker
 
     def __call__(self, job, reporter):
-        if self.train.args[0].cache.arrays[32].flags.writeable:
+        images = self.train.args[0].cache.arrays[32]
+        # photos read from the shared photo cache (no pixels travel), or with the cache off
+        # the read-only array of the object store
+        if not isinstance(images, StoredPhotos) and images.flags.writeable:
             raise AssertionError("the image cache was copied into the worker")
         if job == self.victim and not self.marker.exists():
             self.marker.touch()
@@ -129,9 +134,24 @@ def test_ray_grid_is_byte_identical_to_local(ray, cfg, local_run, tmp_path):
         tmp_path / "ray").read_text()
 
 
+def test_ray_grid_with_the_photo_cache_off_is_byte_identical(ray, cfg, local_run, tmp_path):
+    """Cache off: the decoded photos travel through Ray's object store, read in place."""
+    executor, _ = _executor(ray)
+    train = KillOnce(None, Job("-", "-", 0), tmp_path / "unused")
+    off = cfg.variant("data.photo_cache=false")
+    ctx = prepare_study(off, tmp_path / "off", Console(file=io.StringIO()))
+    assert isinstance(ctx.cache.arrays[32], np.ndarray)
+    train.train = partial(train_job, ctx)
+    assert executor.run(ctx.jobs(), train, partial(write_job, ctx.run_dir)) == []
+    run_study(off, tmp_path / "off", executor=executor)  # every job done: results only
+    _same_results(local_run, tmp_path / "off")
+
+
 def test_worker_killed_mid_job_is_retried_and_the_grid_completes(ray, cfg, local_run, tmp_path):
     run_dir = tmp_path / "killed"
     ctx = prepare_study(cfg, run_dir, Console(file=io.StringIO()))
+    # the photo cache on (the default): workers read the photos from its folder
+    assert isinstance(ctx.cache.arrays[32], StoredPhotos)
     victim = Job("NSP", "test_resnet", 1)
     train = KillOnce(partial(train_job, ctx), victim, tmp_path / "killed-once")
     executor, out = _executor(ray, max_retries=1)

@@ -7,7 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from posturescreen.cli import app
-from posturescreen.config.study import DataConfig
+from posturescreen.config.data import DataConfig
 from posturescreen.data.manifest import ManifestError, load_manifest
 
 

@@ -11,9 +11,11 @@ import pytest
 from fake_bundle import make_bundle, read_metadata, write_metadata
 from fastapi.testclient import TestClient
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from posturescreen.cli import app
+from posturescreen.config.data import DataConfig
 from posturescreen.data.images import Frame
 from posturescreen.data.synthetic import generate_cohort
 from posturescreen.explain.run import _RunImages
@@ -144,14 +146,18 @@ def test_the_cli_overlays_hide_every_face(photos, bundle, tmp_path):
     _assert_faces_hidden(*overlays, faces, Frame((0, 0, *img.size), SIZE))
 
 
+@pytest.mark.parametrize("photo_cache", [True, False], ids=["photo cache", "in memory"])
 @pytest.mark.parametrize("case", ["two people", "profile", "no person"])
-def test_explain_pictures_hide_every_face(photos, case):
+def test_explain_pictures_hide_every_face(photos, case, photo_cache, tmp_path):
+    # with the photo cache the photos are decoded in worker processes (or found on disk):
+    # the faces are searched when a picture is first shown
     root, cases = photos
     img, faces = cases[case]
     path = root / f"{case.replace(' ', '_')}.png"
     with FaceFinder() as finder:
         images = _RunImages(pd.DataFrame({"row": [2]}), root, {128: "bilinear"}, [path],
-                            finder=finder)
+                            DataConfig(photo_cache=photo_cache, cache_dir=tmp_path / "cache"),
+                            Console(quiet=True), finder=finder)
         pixels = images.arrays(128)[0]
         frame = images.frame(0, 128)
         shown = images.shown(0, pixels, frame)

@@ -193,3 +193,35 @@ def test_balanced_cells_make_ch_and_nsp_independent(tmp_path):
     gen = pd.read_json(out / "generator.json", typ="series")
     assert gen["posture_contrast"] == 2 and gen["label_noise"] == 0.5
     assert gen["cells"] == {"ch=1,nsp=1": 4, "ch=1,nsp=0": 4, "ch=0,nsp=1": 4, "ch=0,nsp=0": 4}
+
+
+def test_synth_grows_a_cohort_with_seeded_variations_of_its_rendered_photos(tmp_path):
+    from typer.testing import CliRunner
+
+    from posturescreen.cli import app
+
+    def grow(out: Path) -> Path:
+        result = CliRunner().invoke(app, ["synth", "--out", str(out), "--subjects", "8",
+                                          "--size", "96", "--distinct", "8", "--photos", "20"])
+        assert result.exit_code == 0, result.output
+        return out / "manifest.csv"
+
+    table = pd.read_csv(grow(tmp_path / "a"), keep_default_na=False)
+    assert len(table) == 20 and table["image"].is_unique
+    variants = table[table["variant_of"] != ""]
+    assert len(variants) == 12
+    # a later visit keeps the worker and labels of the photo it varies
+    source = table.set_index("image").loc[variants["variant_of"]]
+    assert (source[["subject_id", "ch", "nsp"]].to_numpy()
+            == variants[["subject_id", "ch", "nsp"]].to_numpy()).all()
+    digests = {hashlib.sha256((tmp_path / "a" / p).read_bytes()).hexdigest()
+               for p in table["image"]}
+    assert len(digests) == 20  # every photo its own bytes: its own cache entry
+    again = pd.read_csv(grow(tmp_path / "b"), keep_default_na=False)
+    assert again.equals(table)
+    assert all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes()
+               for p in variants["image"])
+    load_manifest(tmp_path / "a" / "manifest.csv")  # a valid manifest
+    bad = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "c"), "--subjects", "8",
+                                   "--distinct", "30", "--photos", "40"])
+    assert bad.exit_code != 0 and "--distinct" in bad.output

@@ -6,13 +6,13 @@ fusion. Minutes on a laptop CPU."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from rich.console import Console
 
 from posturescreen.config.study import StudyConfig, load_config
 from posturescreen.data.synthetic import generate_cohort, paper_photo_count
+from posturescreen.files import user_cache_dir
 from posturescreen.progress import progress_bar
 
 DEMO_SUBJECTS = 160
@@ -36,8 +36,7 @@ DEMO_OVERRIDES = [
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("POSTURESCREEN_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(base) / "posturescreen" if base else Path.home() / ".cache" / "posturescreen"
+    return user_cache_dir()
 
 
 def demo_cohort(

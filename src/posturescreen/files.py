@@ -19,6 +19,13 @@ from safetensors.torch import save_file
 from posturescreen.errors import PostureScreenError
 
 
+def user_cache_dir() -> Path:
+    """posturescreen's folder in the user's cache: <base>/posturescreen, the base being
+    $POSTURESCREEN_CACHE, else $XDG_CACHE_HOME, else ~/.cache."""
+    base = os.environ.get("POSTURESCREEN_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "posturescreen" if base else Path.home() / ".cache" / "posturescreen"
+
+
 class OutputError(PostureScreenError, OSError):
     """The run folder cannot be written (permissions, full disk, ...)."""
 

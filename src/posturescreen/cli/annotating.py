@@ -20,7 +20,7 @@ from posturescreen.cli.app import (
     print_table,
     study_config,
 )
-from posturescreen.config.study import DataConfig
+from posturescreen.config.data import DataConfig
 from posturescreen.data.annotations import check_rater
 from posturescreen.errors import MissingExtraError
 from posturescreen.files import atomic_write_csv

@@ -27,6 +27,7 @@ from posturescreen.data.synthetic import (
     balanced_cells,
     check_settings,
     contact_sheet,
+    extend_cohort,
     generate_cohort,
     paper_photo_count,
 )
@@ -188,11 +189,25 @@ def synth(
             "independent) instead of the paper's proportions"
         ),
     ] = False,
+    distinct: Annotated[
+        int | None,
+        typer.Option(
+            help="render only this many photos (1-3 per worker) and make the rest of --photos "
+            "as later visits: seeded exposure and JPEG variations of a worker's rendered "
+            "photos (fast; for speed and memory benchmarks, not for judging models)"
+        ),
+    ] = None,
 ) -> None:
     """Generate the synthetic cohort: photos, region masks, manifest.csv, generator.json."""
-    n_photos = photos if photos is not None else paper_photo_count(subjects)
+    total = photos if photos is not None else paper_photo_count(subjects)
+    n_photos = distinct if distinct is not None else total
+    if n_photos > total:
+        fail(f"--distinct {n_photos} is more than --photos {total}")
+    if n_photos > 3 * subjects:
+        fail(f"{n_photos} rendered photos cannot be spread 1-3 per worker over {subjects} "
+             "workers: raise --subjects, or render fewer with --distinct (the rest become "
+             "variations of them)")
     check_settings(subjects, size, n_photos, noise=label_noise, contrast=contrast)
-    n_photos = photos if photos is not None else paper_photo_count(subjects)
     with progress_bar(err_console) as progress:
         bar = progress.add_task("rendering photos", total=n_photos)
         manifest = generate_cohort(
@@ -206,7 +221,14 @@ def synth(
             contrast=contrast,
             cells=balanced_cells(subjects) if balanced else None,
         )
-    console.print(f"wrote {n_photos} photos of {subjects} workers: {manifest}")
+    if total > n_photos:
+        with progress_bar(err_console) as progress:
+            bar = progress.add_task("varying rendered photos", total=total - n_photos)
+            extend_cohort(manifest, total, seed=seed,
+                          progress=lambda n: progress.advance(bar, n))
+        console.print(f"{total - n_photos} of the photos are variations of the {n_photos} "
+                      "rendered ones (variants.json)")
+    console.print(f"wrote {total} photos of {subjects} workers: {manifest}")
     if sheet is not None:
         console.print(f"contact sheet: {contact_sheet(manifest, sheet)}")
 

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from posturescreen.config.data import DataConfig
 from posturescreen.config.names import (
     MAX_NAME,
     check_model_name,
@@ -37,39 +38,6 @@ from posturescreen.config.strict import _Strict
 from posturescreen.errors import ConfigError
 
 __all__ = ["ConfigError", "StudyConfig", "load_config", "parse_override"]
-
-
-class DataConfig(_Strict):
-    manifest: Path | None = Field(None, description="CSV manifest, one row per photo")
-    subject_column: str = Field(
-        "subject_id", description="the worker id column (read as text): folds, bootstrap and "
-        "the worker level group by it")
-    image_column: str = Field("image", description="the photo path column (relative to the "
-                              "manifest's folder)")
-    label_columns: list[str] = Field(
-        default_factory=lambda: ["ch", "nsp"],
-        description="0/1 columns that must agree across a subject's photos",
-    )
-    site_column: str | None = Field(
-        "site", description="the centre column, for leave-one-site-out folds (null: none)")
-    subject_unit: str = Field(
-        "worker", min_length=1, max_length=60,
-        description="what one value of subject_column is (e.g. worker, patient, capture "
-        "session): the report names the unit of analysis, its folds and its bootstrap with it")
-    labels_from_landmarks: bool = Field(
-        False,
-        description="the task labels were derived from the same landmarks (or the same "
-        "annotation) the angle models read: the report then flags incorporation bias beside "
-        "every angle and fusion model (it also flags any task a single angle nearly "
-        "reproduces)")
-    skip_bad_images: bool = Field(
-        False, description="train without unreadable photos (listed in the run) instead of stopping"
-    )
-    duplicate_photos: Literal["refuse", "keep_first"] = Field(
-        "refuse",
-        description="a photo listed twice (same file, or same bytes under another name): "
-        "refuse, or keep its first row and list the others in skipped_images.csv",
-    )
 
 
 def _check_query(text: str | None) -> str | None:
@@ -347,6 +315,8 @@ class StudyConfig(_Strict):
         payload["data"].pop("manifest", None)
         for described in ("subject_unit", "labels_from_landmarks"):  # words for the report
             payload["data"].pop(described, None)
+        for where in ("photo_cache", "cache_dir", "cache_compression", "decode_workers"):
+            payload["data"].pop(where, None)  # where photos are decoded, not what they are
         payload.pop("cams", None)  # explaining or reporting does not change results
         payload.pop("report", None)
         payload.pop("privacy", None)

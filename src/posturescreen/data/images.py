@@ -1,8 +1,9 @@
-"""Safe photo reading and the letterboxed uint8 cache every model trains from.
+"""Safe photo reading and letterboxing: what every model trains from.
 
-Photos are decoded once per study (not once per epoch): each file is read, hashed,
-EXIF-rotated, converted to RGB and letterboxed (aspect kept, padded to square) to every
-input size the study needs.
+Photos are decoded once (not once per epoch; with the photo cache, once per machine): each
+file is read, hashed, EXIF-rotated, converted to RGB and letterboxed (aspect kept, padded to
+square) to every input size the study needs. `build_image_cache` decodes into memory on
+this thread; `data.decode.decode_photos` decodes in parallel into the photo cache.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -121,14 +123,19 @@ def photo_file_problem(path: Path) -> str | None:
     return f"{path}: {problem}" if problem else None
 
 
+def read_photo_bytes(path: Path) -> bytes:
+    """A photo file's bytes (a regular file under the byte cap), or ImageReadError naming it."""
+    try:
+        return read_input_file(Path(path), MAX_PHOTO_BYTES, expected="an image file")
+    except InputFileError as e:
+        raise ImageReadError(f"{path}: {e}") from None
+
+
 def read_image_file(
     path: Path, draft_size: int | None = None
 ) -> tuple[Image.Image, tuple[int, int], str]:
     """Read a photo from disk: the image, its full (width, height) and its bytes' sha256."""
-    try:
-        data = read_input_file(Path(path), MAX_PHOTO_BYTES, expected="an image file")
-    except InputFileError as e:
-        raise ImageReadError(f"{path}: {e}") from None
+    data = read_photo_bytes(path)
     img, size = decode_image(data, str(path), draft_size)
     return img, size, hashlib.sha256(data).hexdigest()
 
@@ -165,15 +172,27 @@ def crop_region(img: Image.Image, full_size: tuple[int, int], box: Box | None
     """The part of `img` (possibly decoded at a reduced scale) inside `box`, given in pixels
     of the full-resolution photo; returns it with the region actually cut, in full-res
     pixels (integer pixels of the decoded image, mapped back)."""
+    crop, region = crop_geometry(img.size, full_size, box)
+    return (img if crop is None else img.crop(crop)), region
+
+
+Crop = tuple[int, int, int, int]  # left, top, right, bottom in pixels of the decoded image
+
+
+def crop_geometry(decoded_size: tuple[int, int], full_size: tuple[int, int], box: Box | None
+                  ) -> tuple[Crop | None, Box]:
+    """What crop_region cuts, without the image: the crop in pixels of the image as decoded
+    (None: all of it) and the region it shows in full-resolution pixels."""
     W, H = full_size
     if box is None:
-        return img, (0.0, 0.0, float(W), float(H))
-    rx, ry = img.width / W, img.height / H
-    left = max(0, min(img.width - 1, int(box[0] * rx)))
-    top = max(0, min(img.height - 1, int(box[1] * ry)))
-    right = max(left + 1, min(img.width, int(math.ceil(box[2] * rx))))
-    bottom = max(top + 1, min(img.height, int(math.ceil(box[3] * ry))))
-    return img.crop((left, top, right, bottom)), (left / rx, top / ry, right / rx, bottom / ry)
+        return None, (0.0, 0.0, float(W), float(H))
+    width, height = decoded_size
+    rx, ry = width / W, height / H
+    left = max(0, min(width - 1, int(box[0] * rx)))
+    top = max(0, min(height - 1, int(box[1] * ry)))
+    right = max(left + 1, min(width, int(math.ceil(box[2] * rx))))
+    bottom = max(top + 1, min(height, int(math.ceil(box[3] * ry))))
+    return (left, top, right, bottom), (left / rx, top / ry, right / rx, bottom / ry)
 
 
 @dataclass(frozen=True)
@@ -198,16 +217,51 @@ class Frame:
         return (u - ox) / scale + self.region[0], (v - oy) / scale + self.region[1]
 
 
+class PhotoArray(Protocol):
+    """What models read photos from: indexes like a uint8 (N, 3, S, S) array (an int, a
+    slice or an array of ints gives a new uint8 array). A numpy array is one; so is a view
+    of the photo cache on disk (data.photo_arrays.StoredPhotos), which holds no pixels."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: Any) -> np.ndarray: ...
+
+
+@dataclass
+class DecodeStats:
+    """How a cohort's photos were had: found in the photo cache, or decoded (and measured)."""
+
+    photos: int = 0
+    found: int = 0  # every entry was in the photo cache: nothing decoded
+    decoded: int = 0
+    measured: int = 0  # photos the hook (pose estimator) ran on
+    unreadable: int = 0
+    workers: int = 1
+    seconds: float = 0.0
+    store: Path | None = None  # the photo cache; None: decoded into memory
+
+    def line(self) -> str:
+        where = f"photo cache {self.store}" if self.store else "photos decoded into memory"
+        return (f"{where}: {self.found} of {self.photos} photos found, {self.decoded} "
+                f"decoded, {self.measured} poses estimated, {self.unreadable} unreadable "
+                f"({self.seconds:.1f} s, {self.workers} worker(s))")
+
+
 @dataclass
 class ImageCache:
-    """Letterboxed uint8 arrays, one (N, 3, S, S) block per input size, in manifest order,
-    and for each photo the region of it the arrays show (the whole photo, or a crop)."""
+    """The decoded photos, one (N, 3, S, S) uint8 photo array per input size, in manifest
+    order (in memory, or read from the photo cache on demand), and for each photo the region
+    of it the arrays show (the whole photo, or a crop)."""
 
-    arrays: dict[int, np.ndarray]
+    arrays: dict[int, PhotoArray]
     sha256: list[str | None]
     original_sizes: list[tuple[int, int] | None]
     errors: dict[int, str] = field(default_factory=dict)
     regions: list[Box | None] = field(default_factory=list)
+    stats: DecodeStats | None = None
 
     def data_hash(self) -> str:
         h = hashlib.sha256()

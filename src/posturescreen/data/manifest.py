@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posturescreen.config.study import DataConfig
+from posturescreen.config.data import DataConfig
 from posturescreen.data.images import ImageReadError, photo_file_problem, read_image_file
 from posturescreen.errors import PostureScreenError
 from posturescreen.files import InputFileError, read_input_file

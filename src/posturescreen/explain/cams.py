@@ -11,6 +11,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import nn
 
 from posturescreen.config.study import CAM_METHODS, check_cam_method
+from posturescreen.data.images import PhotoArray
 from posturescreen.models.cnn import Preprocessing
 from posturescreen.models.training import Normalizer, to_unit_float
 
@@ -27,7 +28,7 @@ def cam_class(method: str) -> type:
 
 
 def compute_cams(
-    model: nn.Module, images: np.ndarray, prep: Preprocessing, *, layer: nn.Module,
+    model: nn.Module, images: PhotoArray, prep: Preprocessing, *, layer: nn.Module,
     method: str = "gradcam", batch_size: int = 8, device: torch.device | None = None,
     channels_last: bool = False, logits_out: list[float] | None = None,
 ) -> np.ndarray:

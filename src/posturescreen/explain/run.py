@@ -16,10 +16,20 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from posturescreen import runfolder as rf
+from posturescreen.config.data import DataConfig
 from posturescreen.config.study import ModelConfig, StudyConfig, check_cam_method
-from posturescreen.data.images import Box, Frame, ImageCache, build_image_cache, letterbox_labels
+from posturescreen.data.images import (
+    Box,
+    Frame,
+    ImageCache,
+    ImageReadError,
+    PhotoArray,
+    letterbox_labels,
+    read_image_file,
+)
 from posturescreen.data.landmarks import frame_points, landmark_names
 from posturescreen.data.manifest import resolve_image_path
+from posturescreen.data.photo_arrays import take
 from posturescreen.explain.cams import compute_cams, overlay
 from posturescreen.explain.pictures import TopK, gallery, heatmap_png
 from posturescreen.explain.regions import (
@@ -34,6 +44,7 @@ from posturescreen.posture.faces import FaceFinder, Faces, deidentify
 from posturescreen.posture.tables import person_boxes
 from posturescreen.progress import progress_bar
 from posturescreen.runfolder import Job
+from posturescreen.study.photos import decode_study_photos
 
 OUTCOMES = ("TP", "TN", "FP", "FN")
 SHARE_COLUMNS = ["task", "model", "fold", "row", "image", "prob", "outcome", "region",
@@ -48,13 +59,16 @@ def outcome(label: int, pred: int) -> str:
 @dataclass
 class _RunImages:
     """The run's cohort and its photos decoded exactly as the study decoded them (once, on
-    first use, cut to the same person boxes), with every face of each photo to blur (found
-    by `finder` while decoding; None: faces are not blurred)."""
+    first use, cut to the same person boxes: found in the study's photo cache when it has
+    one), with every face of each photo to blur (found by `finder` when a picture of the
+    photo is first shown; None: faces are not blurred)."""
 
     cohort: pd.DataFrame
     manifest_dir: Path
     sizes: dict[int, str]
     paths: list[Path]
+    data: DataConfig  # where the study's photo cache is (the photos are found there)
+    console: Console
     draft: int | None = None
     crops: dict[int, Box] = field(default_factory=dict)  # cohort position -> person box
     finder: FaceFinder | None = None
@@ -62,16 +76,11 @@ class _RunImages:
     cache: ImageCache | None = None
     position: dict[int, int] = field(default_factory=dict)  # manifest row -> position
 
-    def _decoded(self, i: int, img: Image.Image, full_size: tuple[int, int], _sha: str
-                 ) -> Box | None:
-        if self.finder is not None:
-            self.faces[i] = self.finder(img, full_size)
-        return self.crops.get(i)
-
-    def arrays(self, size: int) -> np.ndarray:
+    def arrays(self, size: int) -> PhotoArray:
         if self.cache is None:
-            self.cache = build_image_cache(self.paths, self.sizes, draft_size=self.draft,
-                                           hook=self._decoded)
+            self.cache = decode_study_photos(
+                self.data, self.paths, self.sizes, draft=self.draft, console=self.console,
+                boxes=dict(self.crops), description=f"photos for CAMs ({len(self.paths)})")
         return self.cache.arrays[size]
 
     def shown(self, i: int, picture: np.ndarray, frame: Frame | None) -> np.ndarray:
@@ -79,7 +88,17 @@ class _RunImages:
         face was found) unless blurring is off."""
         if self.finder is None:
             return picture
-        return deidentify(picture, self.faces.get(i, Faces()), frame)
+        if i not in self.faces:  # decoded in workers or found in the photo cache: search now
+            self.faces[i] = self._find_faces(i)
+        return deidentify(picture, self.faces[i], frame)
+
+    def _find_faces(self, i: int) -> Faces:
+        try:  # the photo exactly as the study decoded it (same draft size)
+            img, full_size, _ = read_image_file(self.paths[i],
+                                                draft_size=self.draft or max(self.sizes))
+        except ImageReadError as e:
+            return Faces(why=str(e))  # incomplete: the whole picture is blurred
+        return self.finder(img, full_size)
 
     def frame(self, i: int, size: int) -> Frame | None:
         return self.cache.frame(i, size) if self.cache is not None else None
@@ -114,7 +133,7 @@ def _recorded_sizes(run_dir: Path, cfg: StudyConfig) -> dict[int, str]:
 
 
 def _run_images(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
-                finder: FaceFinder | None) -> _RunImages:
+                finder: FaceFinder | None, console: Console) -> _RunImages:
     manifest_dir = Path(cfg.data.manifest).parent
     position = {int(r): i for i, r in enumerate(cohort["row"])}
     pose = rf.read_table(run_dir, rf.POSE)
@@ -124,7 +143,7 @@ def _run_images(run_dir: Path, cfg: StudyConfig, cohort: pd.DataFrame,
     return _RunImages(
         cohort, manifest_dir, _recorded_sizes(run_dir, cfg),
         [resolve_image_path(manifest_dir, v) for v in cohort[cfg.data.image_column]],
-        rf.decode_size(run_dir), crops, finder, position=position)
+        cfg.data, console, rf.decode_size(run_dir), crops, finder, position=position)
 
 
 @dataclass
@@ -155,7 +174,7 @@ def explain_run(
     blur = cfg.privacy.blur_faces if blur_faces is None else blur_faces
     frames = []
     with FaceFinder() if blur else contextlib.nullcontext() as finder:
-        images = _run_images(run_dir, cfg, cohort, finder)
+        images = _run_images(run_dir, cfg, cohort, finder, console)
         for task in cfg.tasks:
             if tasks and task.name not in tasks:
                 continue
@@ -208,7 +227,7 @@ def _explain_fold(run_dir: Path, job: Job, mcfg: ModelConfig, images: _RunImages
     pos = np.array([images.position[int(r)] for r in preds["row"]])
     prep = _recorded_preprocessing(run_dir, job)
     size = prep.input_size
-    pixels = images.arrays(size)[pos]
+    pixels = take(images.arrays(size), pos)  # read in batches, not all at once
     cams = compute_cams(model, pixels, prep, layer=target_layer(model, mcfg.name), method=method)
     names = landmark_names(list(images.cohort.columns))
     for j, p in enumerate(preds.itertuples(index=False)):

@@ -20,6 +20,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from posturescreen.config.study import AugmentConfig, ThresholdConfig, TrainConfig
+from posturescreen.data.images import PhotoArray
+from posturescreen.data.photo_arrays import read_ahead, take
 from posturescreen.models.cnn import Preprocessing
 from posturescreen.models.precision import (
     autocast_for,
@@ -82,7 +84,7 @@ def to_unit_float(batch_u8: np.ndarray, device: torch.device) -> torch.Tensor:
 @torch.inference_mode()
 def predict_probs(
     model: nn.Module,
-    images: np.ndarray,
+    images: PhotoArray,
     prep: Preprocessing,
     *, device: torch.device,
     batch_size: int = 32,
@@ -93,8 +95,10 @@ def predict_probs(
     model.eval()
     norm = Normalizer(prep, device)
     out = []
-    for start in range(0, len(images), batch_size):
-        x = norm(to_unit_float(images[start : start + batch_size], device))
+    starts = range(0, len(images), batch_size)
+    batches = read_ahead(images, (slice(s, s + batch_size) for s in starts))
+    for batch in batches:
+        x = norm(to_unit_float(batch, device))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_for(device, precision):
@@ -128,9 +132,10 @@ class _Silent:
 
 @dataclass
 class FoldData:
-    """Indices into a uint8 image block (N, 3, S, S), with labels."""
+    """Indices into uint8 photos (N, 3, S, S), with labels. `images` is any photo array: in
+    memory, or read from the photo cache batch by batch (data.photo_arrays)."""
 
-    images: np.ndarray
+    images: PhotoArray
     train_idx: np.ndarray
     y_train: np.ndarray
     val_idx: np.ndarray
@@ -237,7 +242,7 @@ def train_fold(
     history: list[dict] = []
     best_auc, best_epoch, best_state, best_val_prob = -math.inf, 0, None, None
     epochs_since_best = 0
-    val_images = data.images[data.val_idx]
+    val_images = take(data.images, data.val_idx)  # read batch by batch, never all at once
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -248,9 +253,10 @@ def train_fold(
         reporter.start_epoch(epoch, cfg.epochs, steps_per_epoch)
         order = shuffler.permutation(n)
         losses = []
-        for step in range(steps_per_epoch):
-            idx = order[step * batch : (step + 1) * batch]
-            x = training_batch(data.images[data.train_idx[idx]], augment, norm, device=device,
+        steps = [order[step * batch : (step + 1) * batch] for step in range(steps_per_epoch)]
+        photos = read_ahead(data.images, (data.train_idx[idx] for idx in steps))
+        for idx, images_u8 in zip(steps, photos, strict=True):
+            x = training_batch(images_u8, augment, norm, device=device,
                                channels_last=cfg.channels_last)
             y = torch.from_numpy(data.y_train[idx].astype(np.float32)).to(device)
             losses.append(
@@ -309,7 +315,7 @@ def train_fold(
     thr = rule_threshold(threshold, data.y_val, best_val_prob)
     test_prob = predict_probs(
         model,
-        data.images[data.test_idx],
+        take(data.images, data.test_idx),
         prep,
         device=device,
         batch_size=cfg.batch_size * 2,

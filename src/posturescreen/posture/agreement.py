@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from posturescreen.config.study import DataConfig
+from posturescreen.config.data import DataConfig
 from posturescreen.data.images import build_image_cache
 from posturescreen.data.landmarks import landmark_names, row_points
 from posturescreen.data.manifest import load_manifest

@@ -159,3 +159,61 @@ def face_box(xy: np.ndarray, size: tuple[int, int]) -> Box | None:
     r = 0.9 * max(span, 1.0)
     return _clip((cx - r, cy - r, cx + r, cy + r), size)
 
+
+
+def _floats(values) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
+
+
+def pose_record(result: PoseResult) -> dict:
+    """A PoseResult as JSON-able data (what the photo cache keeps), read by pose_from_record."""
+    return {
+        "found": bool(result.found), "side": result.side,
+        "points": {n: _floats(p) for n, p in result.points.items()},
+        "visibility": {n: float(v) for n, v in result.visibility.items()},
+        "person_box": _floats(result.person_box), "face_box": _floats(result.face_box),
+        "landmarks": (None if result.landmarks is None
+                      else [_floats(p) for p in result.landmarks]),
+        "full_size": None if result.full_size is None else [int(v) for v in result.full_size],
+    }
+
+
+def pose_from_record(record: dict) -> PoseResult:
+    def box(values):
+        return None if values is None else tuple(values)
+
+    return PoseResult(
+        record["found"], record["side"], {n: tuple(p) for n, p in record["points"].items()},
+        dict(record["visibility"]), box(record["person_box"]), box(record["face_box"]),
+        None if record["landmarks"] is None else np.array(record["landmarks"], dtype=float),
+        None if record["full_size"] is None else tuple(record["full_size"]))
+
+
+class PoseHook:
+    """The pose estimator as a photo hook (data.decode): it runs in each decoding worker on
+    the photo that worker decoded (one MediaPipe graph per process, made on first use: a
+    graph cannot be pickled), and its person box is the crop when `crop` is on."""
+
+    def __init__(self, crop: bool, margin: float):
+        self.crop, self.margin = crop, margin
+        # what a cached pose depends on: the estimator, its version and the box margin
+        self.key = f"pose|blazepose-full-static-1|mediapipe-{mediapipe_version()}|{margin!r}"
+        self._estimator: PoseEstimator | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_estimator": None}
+
+    def measure(self, image: Image.Image, full_size: tuple[int, int]) -> dict:
+        if self._estimator is None:
+            self._estimator = PoseEstimator()
+        return pose_record(self._estimator(image, full_size, self.margin))
+
+    def box(self, payload: dict | None) -> Box | None:
+        if not self.crop or payload is None or not payload["found"]:
+            return None
+        return None if payload["person_box"] is None else tuple(payload["person_box"])
+
+    def close(self) -> None:
+        if self._estimator is not None:
+            self._estimator.close()
+            self._estimator = None

@@ -21,7 +21,14 @@ from posturescreen.config.study import StudyConfig
 from posturescreen.data.images import Box
 from posturescreen.data.landmarks import landmark_names, row_points
 from posturescreen.posture.angles import ANGLES, measure
-from posturescreen.posture.estimator import POINTS, PoseEstimator, PoseResult, visible_points
+from posturescreen.posture.estimator import (
+    POINTS,
+    PoseEstimator,
+    PoseResult,
+    pose_from_record,
+    pose_record,
+    visible_points,
+)
 
 BOX_COLUMNS = {"person": ("person_x0", "person_y0", "person_x1", "person_y1"),
                "face": ("face_x0", "face_y0", "face_x1", "face_y1")}
@@ -68,6 +75,16 @@ class PoseRecorder:
                       else PoseResult(found=False))
         self.results[i], self.sha[i] = result, sha
         return result.person_box if self.crop and result.found else None
+
+    def record(self, i: int, sha: str, payload: dict | None) -> None:
+        """Take photo i's pose as a PoseHook measured it in a decoding worker (or read it
+        from the photo cache)."""
+        result = pose_from_record(payload) if payload is not None else PoseResult(found=False)
+        self.results[i], self.sha[i] = result, sha
+
+    def known_records(self) -> dict[str, dict]:
+        """The poses this run already has (pose.csv), by photo hash, for the decoders."""
+        return {sha: pose_record(r) for sha, r in self.known.items()}
 
 
 def pose_table(table: pd.DataFrame, image_column: str, recorder: PoseRecorder

@@ -1,5 +1,6 @@
-"""Preparing a study's cohort, once: validate the manifest, decode every photo once, check the
-run folder, build task labels and subject-grouped folds, and record config and cohort.
+"""Preparing a study's cohort, once: validate the manifest, decode every photo once (or find
+it in the photo cache: study/photos.py), check the run folder, build task labels and
+subject-grouped folds, and record config and cohort.
 
 Nothing is written into the run folder before the config/data check has passed.
 """
@@ -18,7 +19,7 @@ from rich.table import Table
 from posturescreen import runfolder as rf
 from posturescreen.config.study import StudyConfig
 from posturescreen.data.annotations import copy_annotation_qc
-from posturescreen.data.images import ImageCache, build_image_cache
+from posturescreen.data.images import ImageCache
 from posturescreen.data.manifest import (
     Manifest,
     ManifestError,
@@ -28,7 +29,7 @@ from posturescreen.data.manifest import (
 )
 from posturescreen.files import atomic_write_csv, atomic_write_text, ensure_writable_dir
 from posturescreen.models.cnn import Preprocessing, build_model, decode_sizes, preprocessing_for
-from posturescreen.posture.estimator import POSE_DRAFT, PoseEstimator
+from posturescreen.posture.estimator import POSE_DRAFT, PoseHook
 from posturescreen.posture.tables import (
     PoseRecorder,
     angle_table,
@@ -37,9 +38,9 @@ from posturescreen.posture.tables import (
     pose_table,
     results_from_table,
 )
-from posturescreen.progress import progress_bar
 from posturescreen.runfolder import Job
 from posturescreen.study.folds import shared_outer_folds
+from posturescreen.study.photos import decode_study_photos
 from posturescreen.study.tasks import all_task_labels, class_counts, mixed_label_warnings
 
 
@@ -93,27 +94,20 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
             raise ManifestError(Path(cfg.data.manifest), [*same_file, _DUPLICATES_HINT])
     preprocessing = {m.name: preprocessing_for(m.name, m.image_size) for m in cfg.cnn_models()}
     sizes = decode_sizes(cfg.cnn_models())
-    recorder = None
+    recorder = hook = None
     if needs_estimator(cfg, manifest.table):
         known = rf.read_table(run_dir, rf.POSE)  # a resumed run reuses its poses
-        recorder = PoseRecorder(PoseEstimator(), cfg.pose.crop, cfg.pose.crop_margin,
+        recorder = PoseRecorder(None, cfg.pose.crop, cfg.pose.crop_margin,
                                 results_from_table(known) if known is not None else None)
+        hook = PoseHook(cfg.pose.crop, cfg.pose.crop_margin)  # runs in the decoding workers
     draft = max([*sizes, POSE_DRAFT] if recorder else sizes, default=POSE_DRAFT)
     paths = [Path(p) for p in manifest.table["image_path"]]
-    with progress_bar(console, elapsed=True) as progress:
-        what = f"at {sorted(sizes)} px" if sizes else ""
-        bar = progress.add_task(
-            f"decoding {len(paths)} photos {what}{', finding poses' if recorder else ''}",
-            total=len(paths))
-        cache = build_image_cache(
-            paths,
-            sizes,
-            progress=lambda n: progress.advance(bar, n),
-            draft_size=draft,
-            hook=recorder,
-        )
-    if recorder is not None and recorder.estimator is not None:
-        recorder.estimator.close()
+    what = f"at {sorted(sizes)} px" if sizes else ""
+    cache = decode_study_photos(
+        cfg.data, paths, sizes, draft=draft, console=console, hook=hook,
+        description=f"decoding {len(paths)} photos {what}{', finding poses' if recorder else ''}",
+        collect=recorder.record if recorder else None,
+        known=recorder.known_records() if recorder else None)
 
     h = hashlib.sha256(Path(cfg.data.manifest).read_bytes())
     h.update(cache.data_hash().encode())

@@ -35,12 +35,13 @@ from posturescreen.data.synthetic.population import (
 )
 from posturescreen.data.synthetic.render import LANDMARKS, camera_for_photo, render_photo
 from posturescreen.data.synthetic.skeleton import Skeleton, pose_skeleton
+from posturescreen.data.synthetic.variants import extend_cohort
 
 __all__ = [
     "BOTH_INTERACTION", "CH_WEIGHTS", "DEFAULT_NOISE", "LANDMARKS", "LANDMARK_REGION",
     "NSP_WEIGHTS", "PAPER_CELLS", "PAPER_PHOTOS", "PAPER_SUBJECTS", "POSTURE", "SITES",
     "Site", "Skeleton", "SynthesisError", "Worker", "assign_labels", "balanced_cells",
-    "camera_for_photo", "check_settings",
-    "contact_sheet", "generate_cohort", "make_workers", "paper_photo_count", "photo_counts",
+    "camera_for_photo", "check_settings", "contact_sheet", "extend_cohort",
+    "generate_cohort", "make_workers", "paper_photo_count", "photo_counts",
     "photo_posture", "pose_skeleton", "render_photo", "risk_scores", "scaled_cells",
 ]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from posturescreen.config.study import DataConfig
+from posturescreen.config.data import DataConfig
 from posturescreen.data.annotations import (
     Annotations,
     annotation_qc_path,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posturescreen.config.study import DataConfig
+from posturescreen.config.data import DataConfig
 from posturescreen.data.annotations import (
     Annotation,
     Point,
