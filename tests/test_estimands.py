@@ -200,7 +200,7 @@ def test_label_agreement_finds_workers_holding_both_classes():
 
 
 class _Youden:
-    rule, value = "youden", 0.5
+    rule, estimate, value = "youden", "binormal", 0.5
 
 
 def _demo_like_folds(seed):

@@ -164,6 +164,12 @@ class ThresholdConfig(_Strict):
     rule: Literal["youden", "fixed"] = Field(
         "youden", description="youden: chosen on the inner validation split, never the test fold"
     )
+    estimate: Literal["binormal", "empirical"] = Field(
+        "binormal",
+        description="how Youden's cutoff is estimated on the validation scores: binormal "
+                    "(normal logits per class, Fluss et al. 2005; stable on small splits) or "
+                    "empirical (the best observed cutoff; on a small split of a weak model "
+                    "it can put every test photo on one side)")
     value: float = Field(0.5, gt=0, lt=1, description="the threshold when rule is fixed")
 
 

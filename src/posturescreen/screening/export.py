@@ -39,6 +39,7 @@ from posturescreen.screening.bundle_landmarks import (
     LandmarkModelFile,
     model_file,
 )
+from posturescreen.stats.metrics import youden_text
 from posturescreen.study.landmarks import read_plan
 
 
@@ -111,7 +112,7 @@ def operating_point(run_dir: Path, cfg: StudyConfig, *, task: str, model: str,
     rows = metrics[(metrics.task == task) & (metrics.model == model)
                    & (metrics.level == "photo") & (metrics.ci_kind == "bootstrap")
                    ].set_index("metric")
-    how = ("Youden's J (midpoint) on its recalibrated inner-validation probabilities"
+    how = (f"{youden_text(cfg.threshold)}, on its recalibrated inner-validation probabilities"
            if cfg.threshold.rule == "youden" else f"fixed at {cfg.threshold.value}")
     rule = ("each fold model decides by its own rule: its probability, recalibrated on its "
             f"fold's inner validation split, at or above its own threshold ({how}); a photo "

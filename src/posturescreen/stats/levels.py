@@ -14,8 +14,9 @@ fold):
    far worse (docs/results.md measures both). A Platt fit whose slope is <= 0 keeps the
    fold's ranking: only its level is shifted. calibration.csv says what each fold got, why,
    and the held-out losses.
-2. **Thresholds**: Youden's J (midpoint) on the (re)calibrated validation scores — per photo,
-   and per worker after aggregating a worker's photos (mean by default).
+2. **Thresholds**: Youden's J (its binormal or empirical cutoff) on the (re)calibrated
+   validation scores — per photo, and per worker after aggregating a worker's photos (mean
+   by default).
 3. **Worker level**: one score per worker — the aggregate of its photos' (re)calibrated
    probabilities — ranked (AUC, DeLong), thresholded and calibrated alike. It needs workers
    whose photos share one label: `label_agreement` finds, per task, the workers whose

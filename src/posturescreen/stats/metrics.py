@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import roc_curve
 
+from posturescreen.stats.links import logit, sigmoid
 from posturescreen.stats.resampling import METRICS, bootstrap_ci, weighted_metrics
 
 LEVELS = ("worker", "photo")
@@ -77,16 +78,52 @@ def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
     return float(mids[np.argmin(np.abs(mids - 0.5))])
 
 
+def binormal_youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Youden's optimal cutoff under a binormal model of the logit scores (the "normal
+    method" of Fluss, Faraggi & Reiser, Biom J 2005;47:458-72): each class's logits as a
+    normal with its own mean and SD, the cutoff where the two densities cross between the
+    means. On a small validation split the empirical cutoff jumps to an end of the score
+    range whenever the model barely discriminates there (then every test photo falls on one
+    side); this one moves smoothly with the class means. Where the positives do not score
+    higher on average, J is at most 0 for every cutoff: the means' midpoint is taken (no
+    class favoured). Fewer than two photos of a class: the empirical cutoff."""
+    y = np.asarray(y_true).astype(int)
+    if min(int((y == 0).sum()), int((y == 1).sum())) < 2:
+        return youden_threshold(y_true, prob)
+    z = logit(prob)
+    m0, m1 = float(z[y == 0].mean()), float(z[y == 1].mean())
+    v0, v1 = float(z[y == 0].var(ddof=1)), float(z[y == 1].var(ddof=1))
+    if m1 <= m0 or min(v0, v1) <= 0 or abs(v0 - v1) <= 1e-9 * max(v0, v1):
+        cut = (m0 + m1) / 2
+    else:  # the crossing between the means; (v0 - v1)·ln(v0/v1) >= 0 always
+        root = np.sqrt(v0 * v1 * ((m0 - m1) ** 2 + (v0 - v1) * np.log(v0 / v1)))
+        cut = ((m1 * v0 - m0 * v1) - root) / (v0 - v1)
+    return float(sigmoid(cut))
+
+
 class ThresholdRule(Protocol):
     """How a threshold is chosen (the config's `threshold` section is one)."""
 
     rule: Literal["youden", "fixed"]
+    estimate: Literal["binormal", "empirical"]  # how Youden's cutoff is estimated
     value: float  # the threshold when rule is fixed
+
+
+def youden_text(rule: ThresholdRule) -> str:
+    """How the rule's Youden cutoff is estimated, in words (report, bundle)."""
+    if rule.estimate == "empirical":
+        return "Youden's J, the midpoint of the optimal interval"
+    return ("Youden's J, its cutoff estimated under a binormal model of the logit scores "
+            "(Fluss et al. 2005)")
 
 
 def rule_threshold(rule: ThresholdRule, y_true: np.ndarray, prob: np.ndarray) -> float:
     """The threshold the config's rule gives on these (validation) predictions."""
-    return youden_threshold(y_true, prob) if rule.rule == "youden" else rule.value
+    if rule.rule == "fixed":
+        return rule.value
+    if rule.estimate == "empirical":
+        return youden_threshold(y_true, prob)
+    return binormal_youden_threshold(y_true, prob)
 
 
 def t_interval(
@@ -199,4 +236,5 @@ def paper_table(metrics: pd.DataFrame, ci_kind: str, level: str | None = None) -
 
 __all__ = ["LEVELS", "METRICS", "auc_score", "binary_metrics", "bootstrap_ci",
            "format_estimate", "format_p", "paper_table", "per_fold_metrics", "summarize",
-           "rule_threshold", "t_interval", "youden_threshold"]
+           "binormal_youden_threshold", "rule_threshold", "t_interval",
+           "youden_text", "youden_threshold"]

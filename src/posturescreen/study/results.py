@@ -23,7 +23,13 @@ from posturescreen.stats.calibration import calibration_table
 from posturescreen.stats.compare import compare_models
 from posturescreen.stats.estimands import auc_estimands
 from posturescreen.stats.levels import auc_pooling, label_agreement, level_predictions
-from posturescreen.stats.metrics import METRICS, format_estimate, paper_table, summarize
+from posturescreen.stats.metrics import (
+    METRICS,
+    format_estimate,
+    paper_table,
+    summarize,
+    youden_text,
+)
 from posturescreen.study.audit import write_audit
 
 LEVEL_TEXT = {
@@ -191,10 +197,8 @@ def methods_text(cfg: StudyConfig) -> str:
 
 def threshold_text(cfg: StudyConfig) -> str:
     if cfg.threshold.rule == "youden":
-        return (
-            "Youden's J (midpoint of the optimal interval) on each fold's calibrated inner "
-            "validation predictions (never the test fold)"
-        )
+        return (f"{youden_text(cfg.threshold)} on each fold's calibrated inner validation "
+                "predictions (never the test fold)")
     return f"fixed at {cfg.threshold.value} (calibrated probability)"
 
 
