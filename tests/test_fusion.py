@@ -226,9 +226,25 @@ def test_the_fusion_falls_back_to_the_part_that_carries_the_signal(signal, expec
     y = np.repeat([0, 1], 150)
     groups = np.arange(300) // 2  # two photos a worker
     cnn, angle = _scores(rng, y, signal)
-    mode, losses = choose_mode(cnn, angle, y, groups=groups, C=1.0)
-    assert mode == expected, losses
+    mode, losses, p_value = choose_mode(cnn, angle, y, groups=groups, C=1.0)
+    assert mode == expected, (losses, p_value)
     assert set(losses) == {"both", "cnn", "angles"}
+    assert (p_value is None) == (expected == "angles")
+
+
+def test_the_fusion_keeps_the_angles_unless_another_mode_is_significantly_better():
+    # a weak CNN beside the angles on 80 validation workers: both together have the lower
+    # loss, by too little to count (p 0.25 measured)
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1], 40)
+    groups = np.arange(80)
+    cnn, angle = _scores(rng, y, (0.5, 1.0))
+    mode, losses, p_value = choose_mode(cnn, angle, y, groups=groups, C=1.0)
+    assert mode == "angles" and p_value is not None and p_value > 0.15, (losses, p_value)
+    assert min(losses, key=losses.get) != "angles"  # the lower loss alone would have moved
+    # too few subjects to cross-validate: the angles
+    assert choose_mode(cnn[:4], angle[:4], y[[0, 1, 40, 41]], groups=np.array([0, 0, 1, 1]),
+                       C=1.0)[0] == "angles"
 
 
 def test_a_part_that_ranks_the_validation_photos_backwards_gets_no_weight():
