@@ -247,6 +247,26 @@ def test_the_fusion_keeps_the_angles_unless_another_mode_is_significantly_better
                        C=1.0)[0] == "angles"
 
 
+def test_a_fusion_that_keeps_the_angles_is_the_angle_model_itself(tmp_path):
+    rng = np.random.default_rng(0)
+    cohort, angles, split = _fold(rng)
+    cnn = _cnn_dir(tmp_path, cohort, split, rng.random(30))
+    noise = pd.read_csv(cnn / "val_predictions.csv")
+    noise["prob"] = rng.random(len(noise))  # a CNN with nothing to add
+    noise.to_csv(cnn / "val_predictions.csv", index=False)
+    fused, alone = _fit("fusion", angles, split, cohort, cnn), _fit("angles", angles, split, cohort)
+    assert fused.info["fusion_mode"] == "angles"
+    assert np.array_equal(fused.test_prob, alone.test_prob)  # bit for bit
+    assert np.array_equal(fused.val_prob, alone.val_prob)
+    assert np.array_equal(fused.val_idx, alone.val_idx)
+    assert fused.info["threshold"] == alone.info["threshold"]
+    model = FusionModel.model_validate(fused.linear_model["fusion"])
+    a = AngleModel.model_validate(fused.linear_model["angles"])
+    x = a.matrix({c: angles.loc[split.test, c].to_numpy() for c in angles})
+    assert np.allclose(model.predict(rng.random(len(split.test)), a.logit(x)), alone.test_prob,
+                       rtol=0, atol=1e-15)
+
+
 def test_a_part_that_ranks_the_validation_photos_backwards_gets_no_weight():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 20)

@@ -143,15 +143,15 @@ _MODE_PARTS = {"both": (1.0, 1.0), "cnn": (1.0, 0.0), "angles": (0.0, 1.0)}
 
 class FusionModel(_Numbers):
     """p = sigmoid(w·z(cnn logit) + w·z(angle logit) + b) in mode `both`: the two standardised
-    scores with one shared weight; in mode `cnn` or `angles` one of them alone (the study
-    chooses the mode by grouped cross-validation, so the fusion can fall back to its better
-    part). The weight is never negative (non-negative stacking, Breiman 1996): both parts
-    were trained to score positives higher, and a few validation photos that rank the other
-    way give the fusion no weight (a constant) rather than an inverted part. The two weights
-    are never learned separately: the inner validation photos the
-    fusion is fitted on also chose the CNN's checkpoint, so the CNN's scores there flatter it,
-    and a free weight would favour it (measured on the demo: the CNN got the larger weight in
-    every CH fold while its test AUC was 0.54)."""
+    scores with one shared weight; in mode `cnn` the CNN's alone; in mode `angles` the angle
+    model itself (`angle_model_alone`: the study's choice unless a grouped cross-validation
+    shows another mode significantly better). The weight is never negative (non-negative
+    stacking, Breiman 1996): both parts were trained to score positives higher, and a few
+    validation photos that rank the other way give the fusion no weight (a constant) rather
+    than an inverted part. The two weights are never learned separately: the inner
+    validation photos the fusion is fitted on also chose the CNN's checkpoint, so the CNN's
+    scores there flatter it, and a free weight would favour it (measured on the demo: the
+    CNN got the larger weight in every CH fold while its test AUC was 0.54)."""
 
     means: list[_Finite] = Field(min_length=2, max_length=2)
     scales: list[_Scale] = Field(min_length=2, max_length=2)
@@ -173,6 +173,13 @@ class FusionModel(_Numbers):
             coef, intercept = np.zeros(1), float(logit(y.mean(), eps=1e-3))
         return cls(means=means.tolist(), scales=scales.tolist(),
                    coef=(float(coef[0]) * parts).tolist(), intercept=intercept, mode=mode)
+
+    @classmethod
+    def angle_model_alone(cls) -> FusionModel:
+        """The fusion that is the angle model: its logit passed through unchanged (the CNN's
+        weight 0), so its probability is exactly the angle model's."""
+        return cls(means=[0.0, 0.0], scales=[1.0, 1.0], coef=[0.0, 1.0], intercept=0.0,
+                   mode="angles")
 
     def predict(self, cnn_prob: np.ndarray, angle_logit: np.ndarray) -> np.ndarray:
         X = np.column_stack([_cnn_logit(cnn_prob), np.asarray(angle_logit, dtype=float)])

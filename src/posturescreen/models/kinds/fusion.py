@@ -25,6 +25,7 @@ from posturescreen.models.kinds.angles import (
 )
 from posturescreen.models.kinds.base import FoldFit, FoldInputs, LinearParts, ModelKind
 from posturescreen.models.linear import FUSION_MODES, FusionModel
+from posturescreen.stats.links import sigmoid
 from posturescreen.stats.metrics import rule_threshold
 
 # The stacker's L2 penalty: one weight on standardised scores, prior SD 1. The angle model's
@@ -117,18 +118,25 @@ class FusionKind(ModelKind):
         val_groups = groups[len(split.train):]
         mode, losses, p_value = choose_mode(cnn_val, a_val, split.y_val, groups=val_groups,
                                             C=FUSION_C)
-        fusion = FusionModel.fit(cnn_val, a_val, split.y_val, C=FUSION_C, mode=mode)
-        test_prob = fusion.predict(cnn_test, a_test)
-        # the validation scores written (and the threshold) are cross-validated
-        val_prob = cross_validated_fusion(cnn_val, a_val, split.y_val, groups=val_groups,
-                                          C=FUSION_C, mode=mode)
-        how = "cross-validated"
-        if not np.isfinite(val_prob).all():
-            warnings.warn(f"{inputs.model.name}: too few subjects in the inner validation "
-                          "split to cross-validate the fusion; its threshold uses in-sample "
-                          "scores", stacklevel=2)
-            val_prob, how = fusion.predict(cnn_val, a_val), "in-sample"
-        threshold = rule_threshold(inputs.threshold, split.y_val, val_prob)
+        if mode == "angles":  # the angle model itself: its scores, validation and threshold
+            fusion = FusionModel.angle_model_alone()
+            test_prob = angle_model.predict(angle_model.matrix(angle_columns(angles, split.test)))
+            val_idx, y_val, val_prob = train, y, sigmoid(a_cv)
+            how = "cross-validated (the angle model's, over all training photos)"
+        else:
+            fusion = FusionModel.fit(cnn_val, a_val, split.y_val, C=FUSION_C, mode=mode)
+            test_prob = fusion.predict(cnn_test, a_test)
+            # the validation scores written (and the threshold) are cross-validated
+            val_idx, y_val = split.val, split.y_val
+            val_prob = cross_validated_fusion(cnn_val, a_val, y_val, groups=val_groups,
+                                              C=FUSION_C, mode=mode)
+            how = "cross-validated"
+            if not np.isfinite(val_prob).all():
+                warnings.warn(f"{inputs.model.name}: too few subjects in the inner validation "
+                              "split to cross-validate the fusion; its threshold uses "
+                              "in-sample scores", stacklevel=2)
+                val_prob, how = fusion.predict(cnn_val, a_val), "in-sample"
+        threshold = rule_threshold(inputs.threshold, y_val, val_prob)
         info = {"threshold": threshold, "threshold_rule": inputs.threshold.rule,
                 "threshold_scores": how, "features": angle_model.features,
                 "coefficients_per_sd": angle_model.importance(), "C": angle_model.C,
@@ -137,7 +145,7 @@ class FusionKind(ModelKind):
                 "fusion_weights": {"cnn": fusion.coef[0], "angles": fusion.coef[1]},
                 "fitted_on": "angles: all training photos (their validation scores "
                              "cross-fitted); fusion: inner validation split"}
-        return FoldFit(info, val_prob, test_prob,
+        return FoldFit(info, val_prob, test_prob, val_idx=val_idx, y_val=y_val,
                        linear_model={"angles": angle_model.to_dict(),
                                      "fusion": fusion.to_dict()})
 
