@@ -167,7 +167,8 @@ class ThresholdConfig(_Strict):
     estimate: Literal["binormal", "empirical"] = Field(
         "binormal",
         description="how Youden's cutoff is estimated on the validation scores: binormal "
-                    "(normal logits per class, Fluss et al. 2005; stable on small splits) or "
+                    "(normal logits per class with a common variance, Fluss et al. 2005: the "
+                    "midpoint of the class means; stable on small splits) or "
                     "empirical (the best observed cutoff; on a small split of a weak model "
                     "it can put every test photo on one side)")
     value: float = Field(0.5, gt=0, lt=1, description="the threshold when rule is fixed")

@@ -79,26 +79,19 @@ def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
 
 
 def binormal_youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """Youden's optimal cutoff under a binormal model of the logit scores (the "normal
-    method" of Fluss, Faraggi & Reiser, Biom J 2005;47:458-72): each class's logits as a
-    normal with its own mean and SD, the cutoff where the two densities cross between the
-    means. On a small validation split the empirical cutoff jumps to an end of the score
-    range whenever the model barely discriminates there (then every test photo falls on one
-    side); this one moves smoothly with the class means. Where the positives do not score
-    higher on average, J is at most 0 for every cutoff: the means' midpoint is taken (no
-    class favoured). Fewer than two photos of a class: the empirical cutoff."""
+    """Youden's optimal cutoff under an equal-variance binormal model of the logit scores:
+    the midpoint of the two classes' mean logits (Fluss, Faraggi & Reiser, Biom J
+    2005;47:458-72, "normal method", with the common variance it assumes there). On a small
+    validation split the empirical cutoff jumps to an end of the score range whenever the
+    model barely discriminates there, and so does the unequal-variance cutoff when the class
+    means are close (the densities then cross in a tail); either way every test photo falls
+    on one side. The midpoint moves smoothly with the class means and favours neither class.
+    Fewer than two photos of a class: the empirical cutoff."""
     y = np.asarray(y_true).astype(int)
     if min(int((y == 0).sum()), int((y == 1).sum())) < 2:
         return youden_threshold(y_true, prob)
     z = logit(prob)
-    m0, m1 = float(z[y == 0].mean()), float(z[y == 1].mean())
-    v0, v1 = float(z[y == 0].var(ddof=1)), float(z[y == 1].var(ddof=1))
-    if m1 <= m0 or min(v0, v1) <= 0 or abs(v0 - v1) <= 1e-9 * max(v0, v1):
-        cut = (m0 + m1) / 2
-    else:  # the crossing between the means; (v0 - v1)·ln(v0/v1) >= 0 always
-        root = np.sqrt(v0 * v1 * ((m0 - m1) ** 2 + (v0 - v1) * np.log(v0 / v1)))
-        cut = ((m1 * v0 - m0 * v1) - root) / (v0 - v1)
-    return float(sigmoid(cut))
+    return float(sigmoid((z[y == 0].mean() + z[y == 1].mean()) / 2))
 
 
 class ThresholdRule(Protocol):
@@ -113,8 +106,8 @@ def youden_text(rule: ThresholdRule) -> str:
     """How the rule's Youden cutoff is estimated, in words (report, bundle)."""
     if rule.estimate == "empirical":
         return "Youden's J, the midpoint of the optimal interval"
-    return ("Youden's J, its cutoff estimated under a binormal model of the logit scores "
-            "(Fluss et al. 2005)")
+    return ("Youden's J, its cutoff estimated under an equal-variance binormal model of the "
+            "logit scores (the midpoint of the class means; Fluss et al. 2005)")
 
 
 def rule_threshold(rule: ThresholdRule, y_true: np.ndarray, prob: np.ndarray) -> float:
