@@ -138,7 +138,9 @@ def test_run_folder_from_other_config_is_refused(finished_run, tmp_path):
     shutil.copytree(full_dir, copy)
     other = cfg.model_copy(deep=True)
     other.train.epochs = 3
-    with pytest.raises(RunFolderConflict, match="train.epochs"):
+    other.data.photo_cache = not cfg.data.photo_cache  # where photos are decoded: not named
+    other.report = not cfg.report
+    with pytest.raises(RunFolderConflict, match=r"\(differs in: train\.epochs\)"):
         run_study(other, copy)
 
 

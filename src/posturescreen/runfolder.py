@@ -51,7 +51,7 @@ from pydantic import ValidationError
 
 from posturescreen import __version__
 from posturescreen.config.names import safe_name
-from posturescreen.config.study import StudyConfig
+from posturescreen.config.study import StudyConfig, results_fields
 from posturescreen.errors import PostureScreenError
 
 __all__ = ["safe_name"]  # task and model names as folder names (config.names)
@@ -236,9 +236,9 @@ def check_run_folder(run_dir: Path, cfg: StudyConfig, data_hash: str | None) -> 
     meta = old.get("posturescreen_run")
     meta = meta if isinstance(meta, dict) else {}
     if meta.get("fingerprint") != cfg.fingerprint():
-        new = cfg.model_dump(mode="json")
-        diffs = _diff_keys({k: v for k, v in old.items() if k != "posturescreen_run"}, new)
-        diffs = [d for d in diffs if d != "data.manifest"]
+        diffs = _diff_keys(
+            results_fields({k: v for k, v in old.items() if k != "posturescreen_run"}),
+            results_fields(cfg.model_dump(mode="json")))
         raise RunFolderConflict(
             f"{run_dir} holds a study made with a different config (differs in: "
             f"{', '.join(diffs[:8]) or 'unknown keys'}). Results are never mixed: choose "

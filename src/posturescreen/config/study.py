@@ -318,18 +318,25 @@ class StudyConfig(_Strict):
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not the manifest's path: the data hash is
         recorded separately)."""
-        payload = self.model_dump(mode="json")
-        payload["data"].pop("manifest", None)
-        for described in ("subject_unit", "labels_from_landmarks"):  # words for the report
-            payload["data"].pop(described, None)
-        for where in ("photo_cache", "cache_dir", "cache_compression", "decode_workers"):
-            payload["data"].pop(where, None)  # where photos are decoded, not what they are
-        payload.pop("cams", None)  # explaining or reporting does not change results
-        payload.pop("report", None)
-        payload.pop("privacy", None)
-        payload.pop("sensitivity", None)  # its studies live in their own folders
-        blob = json.dumps(payload, sort_keys=True).encode()
+        blob = json.dumps(results_fields(self.model_dump(mode="json")), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def results_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as JSON data (a run's config.yaml without its header, or model_dump) less what
+    does not change results: what the fingerprint hashes, and what a refused resume names."""
+    payload = json.loads(json.dumps(config))  # a deep copy
+    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+    data.pop("manifest", None)
+    for described in ("subject_unit", "labels_from_landmarks"):  # words for the report
+        data.pop(described, None)
+    for where in ("photo_cache", "cache_dir", "cache_compression", "decode_workers"):
+        data.pop(where, None)  # where photos are decoded, not what they are
+    payload.pop("cams", None)  # explaining or reporting does not change results
+    payload.pop("report", None)
+    payload.pop("privacy", None)
+    payload.pop("sensitivity", None)  # its studies live in their own folders
+    return payload
 
 
 def load_config(
