@@ -10,13 +10,15 @@ import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from posturescreen.errors import PostureScreenError
+
+if TYPE_CHECKING:  # torch is imported where tensors are written: photo decoders never do
+    import torch
 
 
 def user_cache_dir() -> Path:
@@ -81,6 +83,8 @@ def atomic_write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) ->
     """atomic_write of a safetensors file. safetensors reports a full disk as its own
     SafetensorError ("... (os error 28)"), not OSError: it becomes the same `cannot write`
     OutputError as any other file."""
+
+    from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
         try:
