@@ -79,12 +79,17 @@ def atomic_write_csv(path: Path, table: pd.DataFrame) -> None:
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
+def save_file(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """safetensors.torch.save_file, imported on first use (photo decoders never need torch)."""
+    from safetensors.torch import save_file as save
+
+    save(tensors, path)
+
+
 def atomic_write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     """atomic_write of a safetensors file. safetensors reports a full disk as its own
     SafetensorError ("... (os error 28)"), not OSError: it becomes the same `cannot write`
     OutputError as any other file."""
-
-    from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
         try:
