@@ -24,6 +24,7 @@ from posturescreen.config.study import load_config
 from posturescreen.data.images import ImageReadError, read_image_file
 from posturescreen.data.manifest import ManifestError, load_manifest
 from posturescreen.files import OutputError
+from posturescreen.models import weights_file
 from posturescreen.pipeline import run_study
 from posturescreen.study.folds import FoldError
 
@@ -205,7 +206,7 @@ def test_full_disk_while_writing_a_checkpoint_is_a_cannot_write_error(tiny_manif
                                                                      monkeypatch):
     """safetensors raises its own SafetensorError for a write that fails; a real failing
     write (the file-size limit, EFBIG) must give the documented OutputError."""
-    real_save = files.save_file
+    real_save = weights_file.save_file
 
     def limited_save(tensors, path):
         soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -217,7 +218,7 @@ def test_full_disk_while_writing_a_checkpoint_is_a_cannot_write_error(tiny_manif
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
             signal.signal(signal.SIGXFSZ, previous)
 
-    monkeypatch.setattr(files, "save_file", limited_save)
+    monkeypatch.setattr(weights_file, "save_file", limited_save)
     cfg = load_config(None, [*TINY_OVERRIDES, f"data.manifest={tiny_manifest}", ONE_TASK,
                              "train.epochs=1"])
     with pytest.raises(OutputError, match=r"cannot write .*checkpoint\.safetensors: File too "
@@ -225,7 +226,7 @@ def test_full_disk_while_writing_a_checkpoint_is_a_cannot_write_error(tiny_manif
         run_study(cfg, tmp_path / "run")
     assert not list((tmp_path / "run").rglob("predictions.csv"))  # no job counted as done
     assert not list((tmp_path / "run").rglob("*.tmp"))
-    monkeypatch.setattr(files, "save_file", real_save)
+    monkeypatch.setattr(weights_file, "save_file", real_save)
     assert run_study(cfg, tmp_path / "run") is not None
 
 

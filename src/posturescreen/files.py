@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
-from safetensors import SafetensorError
 
 from posturescreen.errors import PostureScreenError
-
-if TYPE_CHECKING:  # torch is imported where tensors are written: photo decoders never do
-    import torch
 
 
 def user_cache_dir() -> Path:
@@ -74,34 +68,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_csv(path: Path, table: pd.DataFrame) -> None:
     atomic_write(path, lambda p: table.to_csv(p, index=False))
-
-
-_OS_ERROR = re.compile(r"\(os error (\d+)\)")
-
-
-def save_file(tensors: dict[str, torch.Tensor], path: str) -> None:
-    """safetensors.torch.save_file, imported on first use (photo decoders never need torch)."""
-    from safetensors.torch import save_file as save
-
-    save(tensors, path)
-
-
-def atomic_write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    """atomic_write of a safetensors file. safetensors reports a full disk as its own
-    SafetensorError ("... (os error 28)"), not OSError: it becomes the same `cannot write`
-    OutputError as any other file."""
-
-    def write(tmp: Path) -> None:
-        try:
-            save_file(dict(tensors), str(tmp))
-        except SafetensorError as e:
-            found = _OS_ERROR.search(str(e))
-            if found is None:
-                raise OSError(errno.EIO, str(e)) from e
-            code = int(found.group(1))
-            raise OSError(code, os.strerror(code)) from e
-
-    atomic_write(path, write)
 
 
 def ensure_writable_dir(path: Path) -> None:

@@ -28,9 +28,10 @@ import torch
 from posturescreen import runfolder as rf
 from posturescreen.config.study import StudyConfig
 from posturescreen.errors import PostureScreenError
-from posturescreen.files import atomic_write_csv, atomic_write_safetensors, atomic_write_text
+from posturescreen.files import atomic_write_csv, atomic_write_text
 from posturescreen.models.kinds import FoldInputs, ScoreReader, kind_of
 from posturescreen.models.training import Reporter
+from posturescreen.models.weights_file import atomic_write_safetensors
 from posturescreen.runfolder import Job
 from posturescreen.study.prepare import StudyContext
 from posturescreen.study.splits import describe_split, fold_split

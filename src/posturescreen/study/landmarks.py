@@ -33,9 +33,10 @@ from posturescreen import runfolder as rf
 from posturescreen.config.pose import LandmarkModelConfig
 from posturescreen.config.study import StudyConfig
 from posturescreen.errors import PostureScreenError
-from posturescreen.files import atomic_write_csv, atomic_write_safetensors, atomic_write_text
+from posturescreen.files import atomic_write_csv, atomic_write_text
 from posturescreen.models.landmark_training import fit_landmarks
 from posturescreen.models.landmarks import LandmarkSpec, load_landmark_net, predict_points
+from posturescreen.models.weights_file import atomic_write_safetensors
 from posturescreen.posture.agreement import estimator_angles, hand_angles
 from posturescreen.posture.estimator import POINTS, POSE_DRAFT
 from posturescreen.posture.landmark_agreement import angle_agreement, point_errors
