@@ -63,9 +63,9 @@ def choose_mode(cnn: np.ndarray, angle_logit: np.ndarray, y: np.ndarray, *,
     subjects, one-sided t-test, 5%): on the validation split the angle scores are honest
     (cross-fitted) while the CNN's are flattered by the checkpoint chosen on these very
     photos, so the CNN must show more than that to be used (measured on the full-size
-    synthetic cohort: choosing by the lower loss alone took the CNN in an NSP fold where it
-    was the weaker part, fusion 0.594 against the angles' 0.652). The angles alone, too, when
-    the split allows no cross-validation."""
+    synthetic cohort: choosing by the lower loss alone took the CNN, alone or beside the
+    angles, in every NSP fold while it was the weaker part: fusion 0.567 against the angles'
+    0.655). The angles alone, too, when the split allows no cross-validation."""
     y = np.asarray(y, int)
     per_photo = {}
     for mode in FUSION_MODES:
@@ -123,6 +123,8 @@ class FusionKind(ModelKind):
             test_prob = angle_model.predict(angle_model.matrix(angle_columns(angles, split.test)))
             val_idx, y_val, val_prob = train, y, sigmoid(a_cv)
             how = "cross-validated (the angle model's, over all training photos)"
+            fitted_on = ("the angle model alone: all training photos (its validation scores "
+                         "cross-fitted)")
         else:
             fusion = FusionModel.fit(cnn_val, a_val, split.y_val, C=FUSION_C, mode=mode)
             test_prob = fusion.predict(cnn_test, a_test)
@@ -131,6 +133,8 @@ class FusionKind(ModelKind):
             val_prob = cross_validated_fusion(cnn_val, a_val, y_val, groups=val_groups,
                                               C=FUSION_C, mode=mode)
             how = "cross-validated"
+            fitted_on = ("angles: all training photos (their validation scores cross-fitted); "
+                         "fusion: inner validation split")
             if not np.isfinite(val_prob).all():
                 warnings.warn(f"{inputs.model.name}: too few subjects in the inner validation "
                               "split to cross-validate the fusion; its threshold uses "
@@ -143,8 +147,7 @@ class FusionKind(ModelKind):
                 "fusion_mode": mode, "fusion_mode_log_loss": losses,
                 "fusion_mode_p_vs_angles": p_value,
                 "fusion_weights": {"cnn": fusion.coef[0], "angles": fusion.coef[1]},
-                "fitted_on": "angles: all training photos (their validation scores "
-                             "cross-fitted); fusion: inner validation split"}
+                "fitted_on": fitted_on}
         return FoldFit(info, val_prob, test_prob, val_idx=val_idx, y_val=y_val,
                        linear_model={"angles": angle_model.to_dict(),
                                      "fusion": fusion.to_dict()})
