@@ -2,8 +2,8 @@
 
 Photos are decoded once (not once per epoch; with the photo cache, once per machine): each
 file is read, hashed, EXIF-rotated, converted to RGB and letterboxed (aspect kept, padded to
-square) to every input size the study needs. `build_image_cache` decodes into memory on
-this thread; `data.decode.decode_photos` decodes in parallel into the photo cache.
+square) to every input size the study needs (`data.decode.decode_photos`: in parallel, into
+the photo cache or into memory).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import hashlib
 import io
 import math
 import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -277,50 +276,6 @@ class ImageCache:
             w, h = self.original_sizes[i]
             region = (0.0, 0.0, float(w), float(h))
         return Frame(region, size)
-
-
-# called once per decoded photo: (index, upright RGB image, full-res size, sha256) -> the
-# region to show (a crop box in full-res pixels) or None for the whole photo
-PhotoHook = Callable[[int, Image.Image, tuple[int, int], str], Box | None]
-
-
-def build_image_cache(
-    paths: Sequence[Path],
-    sizes: dict[int, str],
-    *, progress: Callable[[int], None] | None = None,
-    draft_size: int | None = None,
-    hook: PhotoHook | None = None,
-) -> ImageCache:
-    """Decode every photo once (JPEG draft decoding at `draft_size`, default the largest
-    size), let `hook` see it and choose a crop, and letterbox it to each size (size ->
-    interpolation).
-
-    Unreadable photos are recorded in `errors` (index -> message) and left as zeros;
-    the caller decides whether to stop or skip them.
-    """
-    n = len(paths)
-    arrays = {s: np.zeros((n, 3, s, s), dtype=np.uint8) for s in sizes}
-    digests: list[str | None] = [None] * n
-    original: list[tuple[int, int] | None] = [None] * n
-    regions: list[Box | None] = [None] * n
-    errors: dict[int, str] = {}
-    draft = draft_size or (max(sizes) if sizes else None)
-    for i, path in enumerate(paths):
-        try:
-            img, full_size, digest = read_image_file(Path(path), draft_size=draft)
-        except ImageReadError as e:
-            errors[i] = str(e)
-        else:
-            digests[i] = digest
-            original[i] = full_size
-            box = hook(i, img, full_size, digest) if hook is not None else None
-            if box is not None:
-                img, regions[i] = crop_region(img, full_size, box)
-            for s, interp in sizes.items():
-                arrays[s][i] = letterbox(img, s, interp)
-        if progress is not None:
-            progress(1)
-    return ImageCache(arrays, digests, original, errors, regions)
 
 
 def letterbox_labels(labels: Image.Image, size: int, region: Box | None = None) -> np.ndarray:

@@ -23,12 +23,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from posturescreen.config.data import DataConfig
-from posturescreen.data.images import build_image_cache
+from posturescreen.data.decode import decode_photos
 from posturescreen.data.landmarks import landmark_names, row_points
 from posturescreen.data.manifest import load_manifest
 from posturescreen.files import atomic_write, atomic_write_csv
 from posturescreen.posture.angles import measure
-from posturescreen.posture.estimator import POINTS, POSE_DRAFT, PoseEstimator
+from posturescreen.posture.estimator import POINTS, POSE_DRAFT, PoseHook
 from posturescreen.posture.tables import PoseRecorder, pose_row_points, pose_table
 
 ALL_POINTS = "@all"  # suffix: an angle on every hand-placed point (C7, upper back too)
@@ -150,15 +150,10 @@ def measure_agreement(manifest: Path, data: DataConfig, *, min_visibility: float
     m = load_manifest(manifest, data, required_labels=False)
     if total is not None:
         total(len(m.table))
-    recorder = PoseRecorder(PoseEstimator(), crop=False, margin=0.1)
-    build_image_cache(
-        [Path(p) for p in m.table["image_path"]],
-        {},
-        progress=progress,
-        draft_size=POSE_DRAFT,
-        hook=recorder,
-    )
-    recorder.estimator.close()
+    recorder = PoseRecorder()
+    decode_photos([Path(p) for p in m.table["image_path"]], {},
+                  hook=PoseHook(crop=False, margin=0.1), draft_size=POSE_DRAFT,
+                  workers=data.decode_workers, progress=progress, collect=recorder.record)
     pose = pose_table(m.table, data.image_column, recorder)
     hand = hand_angles(m.table)
     est = estimator_angles(pose, min_visibility)

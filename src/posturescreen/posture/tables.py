@@ -15,7 +15,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from posturescreen.config.study import StudyConfig
 from posturescreen.data.images import Box
@@ -23,7 +22,6 @@ from posturescreen.data.landmarks import landmark_names, row_points
 from posturescreen.posture.angles import ANGLES, measure
 from posturescreen.posture.estimator import (
     POINTS,
-    PoseEstimator,
     PoseResult,
     pose_from_record,
     pose_record,
@@ -57,24 +55,14 @@ def needs_estimator(cfg: StudyConfig, table: pd.DataFrame) -> bool:
 
 
 class PoseRecorder:
-    """The image-cache hook of a study: estimates the pose of each decoded photo (or takes it
-    from an earlier run of the same study, by photo hash) and returns the crop box."""
+    """A study's poses, photo by photo, as the decoders' PoseHook measured them in their
+    workers (or as the photo cache or an earlier run of the same study held them: `known`,
+    by photo hash)."""
 
-    def __init__(self, estimator: PoseEstimator | None, crop: bool, margin: float,
-                 known: dict[str, PoseResult] | None = None):
-        self.estimator, self.crop, self.margin = estimator, crop, margin
+    def __init__(self, known: dict[str, PoseResult] | None = None):
         self.known = known or {}
         self.results: dict[int, PoseResult] = {}
         self.sha: dict[int, str] = {}
-
-    def __call__(self, i: int, img: Image.Image, full_size: tuple[int, int],
-                 sha: str) -> Box | None:
-        result = self.known.get(sha)
-        if result is None:
-            result = (self.estimator(img, full_size, self.margin) if self.estimator is not None
-                      else PoseResult(found=False))
-        self.results[i], self.sha[i] = result, sha
-        return result.person_box if self.crop and result.found else None
 
     def record(self, i: int, sha: str, payload: dict | None) -> None:
         """Take photo i's pose as a PoseHook measured it in a decoding worker (or read it

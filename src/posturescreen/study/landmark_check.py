@@ -12,9 +12,9 @@ from rich.console import Console
 from sklearn.model_selection import GroupKFold
 
 from posturescreen.config.study import ConfigError, StudyConfig
-from posturescreen.data.images import build_image_cache
+from posturescreen.data.decode import decode_photos
 from posturescreen.data.manifest import load_manifest
-from posturescreen.posture.estimator import POSE_DRAFT, PoseEstimator
+from posturescreen.posture.estimator import POSE_DRAFT, PoseHook
 from posturescreen.posture.landmark_inputs import angles_from_points, points_from_columns
 from posturescreen.posture.tables import PoseRecorder, pose_table
 from posturescreen.progress import progress_bar
@@ -49,13 +49,13 @@ def learned_agreement(manifest: Path, cfg: StudyConfig, *, out: Path,
     made."""
     console = console or Console(stderr=True)
     table = load_manifest(manifest, cfg.data, required_labels=False).table
-    recorder = PoseRecorder(PoseEstimator(), crop=True, margin=cfg.pose.crop_margin)
+    recorder = PoseRecorder()
     with progress_bar(console) as progress:
         bar = progress.add_task("finding the persons", total=len(table))
-        build_image_cache([Path(p) for p in table["image_path"]], {},
-                          progress=lambda n: progress.advance(bar, n), draft_size=POSE_DRAFT,
-                          hook=recorder)
-    recorder.estimator.close()
+        decode_photos([Path(p) for p in table["image_path"]], {},
+                      hook=PoseHook(crop=True, margin=cfg.pose.crop_margin),
+                      draft_size=POSE_DRAFT, workers=cfg.data.decode_workers,
+                      progress=lambda n: progress.advance(bar, n), collect=recorder.record)
     pose = pose_table(table, cfg.data.image_column, recorder)
     fold, how = agreement_folds(table, cfg)
     per_fold, names = crossfit_landmarks(table, pose, fold, cfg=cfg, out=out / "landmarks",

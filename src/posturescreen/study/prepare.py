@@ -97,8 +97,7 @@ def prepare_study(cfg: StudyConfig, run_dir: Path, console: Console | None = Non
     recorder = hook = None
     if needs_estimator(cfg, manifest.table):
         known = rf.read_table(run_dir, rf.POSE)  # a resumed run reuses its poses
-        recorder = PoseRecorder(None, cfg.pose.crop, cfg.pose.crop_margin,
-                                results_from_table(known) if known is not None else None)
+        recorder = PoseRecorder(results_from_table(known) if known is not None else None)
         hook = PoseHook(cfg.pose.crop, cfg.pose.crop_margin)  # runs in the decoding workers
     draft = max([*sizes, POSE_DRAFT] if recorder else sizes, default=POSE_DRAFT)
     paths = [Path(p) for p in manifest.table["image_path"]]
