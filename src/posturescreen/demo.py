@@ -35,10 +35,6 @@ DEMO_OVERRIDES = [
 ]
 
 
-def cache_dir() -> Path:
-    return user_cache_dir()
-
-
 def demo_cohort(
     subjects: int = DEMO_SUBJECTS,
     *, seed: int = 0,
@@ -46,7 +42,7 @@ def demo_cohort(
     console: Console | None = None,
 ) -> Path:
     """Generate (once) the demo cohort into the cache; returns its manifest."""
-    folder = cache_dir() / f"synthetic-n{subjects}-s{seed}-px{size}"
+    folder = user_cache_dir() / f"synthetic-n{subjects}-s{seed}-px{size}"
     manifest = folder / "manifest.csv"
     if manifest.exists():
         return manifest
