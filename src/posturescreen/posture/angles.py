@@ -100,10 +100,12 @@ def _inner_angle(a: np.ndarray, vertex: np.ndarray, c: np.ndarray) -> float:
     return math.degrees(math.acos(float(np.clip(np.dot(u, v) / (nu * nv), -1.0, 1.0))))
 
 
-def measure(points: Points) -> dict[str, float]:
-    """Every angle of ANGLES the points allow (NaN for the others)."""
+def measure(points: Points, *, known_facing: float | None = None) -> dict[str, float]:
+    """Every angle of ANGLES the points allow (NaN for the others). `known_facing` (+1 right,
+    -1 left) replaces the facing the points would give, e.g. the face's for learned points
+    (docs/pose.md: a misplaced upper back must not mirror every angle)."""
     out = dict.fromkeys(ANGLES, float("nan"))
-    sign = facing(points)
+    sign = known_facing if known_facing is not None else facing(points)
     if sign is None:
         return out
     p = {name: _get(points, name) for name in ("ear", "eye", "nose", "c7", "shoulder",

@@ -22,6 +22,12 @@ from posturescreen.data.images import (
 from posturescreen.data.landmarks import row_points
 from posturescreen.posture.angles import measure
 
+# A points table's column with the way each person faces (+1 right, -1 left), when known
+# from elsewhere than the points: learned points take the pose estimator's (the face in
+# front of the ear; a learned upper back placed in front of the body would mirror every
+# angle). NaN or absent: the facing the points give.
+FACING_COLUMN = "facing"
+
 
 def landmark_input(image: Image.Image, full_size: tuple[int, int], box: Box | None, *,
                    size: int) -> tuple[np.ndarray, Frame]:
@@ -96,10 +102,13 @@ def points_table(rows: Sequence[int], names: Sequence[str], points: np.ndarray, 
 
 
 def angles_from_points(table: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
-    """Every angle the points of each row of a points table allow (index kept)."""
+    """Every angle the points of each row of a points table allow (index kept), in the
+    facing of its `facing` column where that column has one (FACING_COLUMN)."""
     records = {}
-    for i, row in table.iterrows():
+    known = (table[FACING_COLUMN] if FACING_COLUMN in table.columns
+             else pd.Series(np.nan, index=table.index))
+    for (i, row), sign in zip(table.iterrows(), known, strict=True):
         pts = {n: (row[f"{n}_x"], row[f"{n}_y"]) for n in names
                if np.isfinite(row[f"{n}_x"]) and np.isfinite(row[f"{n}_y"])}
-        records[i] = measure(pts)
+        records[i] = measure(pts, known_facing=float(sign) if np.isfinite(sign) else None)
     return pd.DataFrame.from_dict(records, orient="index")

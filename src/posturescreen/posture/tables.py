@@ -19,7 +19,7 @@ import pandas as pd
 from posturescreen.config.study import StudyConfig
 from posturescreen.data.images import Box
 from posturescreen.data.landmarks import landmark_names, row_points
-from posturescreen.posture.angles import ANGLES, measure
+from posturescreen.posture.angles import ANGLES, facing, measure
 from posturescreen.posture.estimator import (
     POINTS,
     PoseResult,
@@ -145,6 +145,13 @@ def pose_row_points(row: pd.Series, min_visibility: float) -> dict[str, tuple[fl
         return {}
     return visible_points({n: (float(row[f"{n}_x"]), float(row[f"{n}_y"])) for n in POINTS},
                           {n: float(row[f"{n}_vis"]) for n in POINTS}, min_visibility)
+
+
+def pose_facing(pose: pd.DataFrame, min_visibility: float) -> pd.Series:
+    """Manifest row -> the way the person faces by the estimator's visible points (+1 right,
+    -1 left; NaN without a person): the face in front of the ear decides first."""
+    return pd.Series({int(r["row"]): facing(pose_row_points(r, min_visibility))
+                      for _, r in pose.iterrows()}, dtype=float)
 
 
 def pose_points(pose: pd.DataFrame, names: list[str], min_visibility: float) -> pd.DataFrame:

@@ -145,6 +145,9 @@ class BundlePose(_Meta):
     min_visibility: float = Field(0.5, ge=0, le=1)
     landmark_source: Literal["estimator", "learned", "manifest", "none"] = "none"
     decode_size: int | None = Field(None, ge=16, le=4096)  # the estimator's photo size
+    # which way learned points are read as facing: the estimator's person (its face in front
+    # of its ear), or the points' own (bundles of studies before that rule)
+    facing: Literal["estimator", "points"] = "points"
 
 
 class BundleStudy(_Meta):

@@ -40,7 +40,7 @@ from posturescreen.screening.bundle_landmarks import (
     model_file,
 )
 from posturescreen.stats.metrics import youden_text
-from posturescreen.study.landmarks import read_plan
+from posturescreen.study.landmarks import plan_facing, read_plan
 
 
 def _finished_folds(run_dir: Path, task: str, model: str) -> list[tuple[int, Path, dict]]:
@@ -182,7 +182,8 @@ def export_bundle(run_dir: Path, *, task: str, model: str, out: Path) -> Path:
         pose=BundlePose(crop=cfg.pose.crop and kind_of(mcfg).uses_pixels,
                         crop_margin=cfg.pose.crop_margin,
                         min_visibility=cfg.pose.min_visibility, landmark_source=source,
-                        decode_size=rf.decode_size(run_dir)),
+                        decode_size=rf.decode_size(run_dir),
+                        facing=plan_facing(run_dir) if source == "learned" else "points"),
         positive=task_cfg.positive, negative=cfg.negative_query(task_cfg),
         intended_use=INTENDED_USE,
         versions={**rf.library_versions(), "trained_with": run_meta.get("versions", {})},

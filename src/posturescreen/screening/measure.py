@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from posturescreen.models.landmarks import predict_points
-from posturescreen.posture.angles import measure
+from posturescreen.posture.angles import facing, measure
 from posturescreen.posture.estimator import PoseResult
 from posturescreen.posture.landmark_inputs import landmark_input, photo_points
 from posturescreen.screening.bundle import Bundle
@@ -46,8 +46,18 @@ def fold_points(bundle: Bundle, image: Image.Image, full_size: tuple[int, int], 
     return out
 
 
-def finite_angles(points: Points) -> dict[str, float]:
-    return {k: v for k, v in measure(points).items() if math.isfinite(v)}
+def photo_facing(bundle: Bundle, pose: PoseResult | None) -> float | None:
+    """The facing a bundle's study read learned points in: the estimator's person where it
+    found one; None: the points' own."""
+    meta = bundle.metadata.pose
+    if meta.landmark_source != "learned" or meta.facing != "estimator":
+        return None
+    return facing(pose.visible_points(meta.min_visibility)) if pose and pose.found else None
+
+
+def finite_angles(points: Points, *, known_facing: float | None = None) -> dict[str, float]:
+    return {k: v for k, v in measure(points, known_facing=known_facing).items()
+            if math.isfinite(v)}
 
 
 def mean_angles(per_fold: list[dict[str, float]]) -> dict[str, float]:

@@ -36,7 +36,13 @@ from posturescreen.posture.faces import FaceFinder, Faces, deidentify
 from posturescreen.runfolder import safe_name
 from posturescreen.screening.batch import spreadsheet_safe
 from posturescreen.screening.bundle import Bundle
-from posturescreen.screening.measure import finite_angles, fold_points, mean_angles, shifted
+from posturescreen.screening.measure import (
+    finite_angles,
+    fold_points,
+    mean_angles,
+    photo_facing,
+    shifted,
+)
 
 T = TypeVar("T")
 
@@ -201,7 +207,8 @@ def predict_image(
         probs = cnn_probs
     else:
         per_fold_points = fold_points(bundle, image, full_size, pose=pose)
-        per_fold = [finite_angles(p) for p in per_fold_points]
+        sign = photo_facing(bundle, pose)
+        per_fold = [finite_angles(p, known_facing=sign) for p in per_fold_points]
         angles = mean_angles(per_fold)
         move = shifted(per_fold, angles)
         fold_probs = _risk(bundle, cnn_probs)

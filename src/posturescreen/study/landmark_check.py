@@ -43,8 +43,9 @@ def agreement_folds(table: pd.DataFrame, cfg: StudyConfig) -> tuple[np.ndarray, 
 def learned_agreement(manifest: Path, cfg: StudyConfig, *, out: Path,
                       console: Console | None = None
                       ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
-    """Train the cross-fitted landmark models on the manifest's annotations (under out/
-    landmarks) and return the angle agreement (learned and estimator), the point errors,
+    """Train each fold's landmark model on the other folds' annotations (under out/
+    landmarks; the study's models of the same name, without the pair models only its angle
+    models need) and return the angle agreement (learned and estimator), the point errors,
     the hand and learned angles per photo (index: manifest row), and how the folds were
     made."""
     console = console or Console(stderr=True)
@@ -59,7 +60,8 @@ def learned_agreement(manifest: Path, cfg: StudyConfig, *, out: Path,
     pose = pose_table(table, cfg.data.image_column, recorder)
     fold, how = agreement_folds(table, cfg)
     per_fold, names = crossfit_landmarks(table, pose, fold, cfg=cfg, out=out / "landmarks",
-                                         decode_size=POSE_DRAFT, console=console)
+                                         decode_size=POSE_DRAFT, console=console,
+                                         test_only=True)
     oof = out_of_fold(per_fold)
     angles, errors = agreement_tables(table, pose, oof, names=names, cfg=cfg)
     rows = oof["row"].to_numpy()

@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,7 @@ from posturescreen.posture.agreement import estimator_angles, hand_angles
 from posturescreen.posture.estimator import POINTS, POSE_DRAFT
 from posturescreen.posture.landmark_agreement import angle_agreement, point_errors
 from posturescreen.posture.landmark_inputs import (
+    FACING_COLUMN,
     angles_from_points,
     annotated_points,
     photo_points,
@@ -48,7 +50,12 @@ from posturescreen.posture.landmark_inputs import (
     points_table,
     read_landmark_inputs,
 )
-from posturescreen.posture.tables import annotated_names, person_boxes, pose_points
+from posturescreen.posture.tables import (
+    annotated_names,
+    person_boxes,
+    pose_facing,
+    pose_points,
+)
 from posturescreen.progress import progress_bar
 from posturescreen.study.prepare import StudyContext
 
@@ -79,8 +86,10 @@ class CrossFit:
         return np.unique(np.concatenate(serve)) if serve else np.zeros(0, dtype=int)
 
 
-def crossfit_plan(fold: np.ndarray, groups: np.ndarray) -> CrossFit:
-    """The cross-fit of the module docstring over photo positions (fold -1: in no task)."""
+def crossfit_plan(fold: np.ndarray, groups: np.ndarray, *, test_only: bool = False
+                  ) -> CrossFit:
+    """The cross-fit of the module docstring over photo positions (fold -1: in no task);
+    `test_only`: only the models of the test photos (out-of-fold points, no angle models)."""
     folds = sorted(int(k) for k in np.unique(fold[fold >= 0]))
     plan = CrossFit(train={})
     in_study = fold >= 0
@@ -88,6 +97,8 @@ def crossfit_plan(fold: np.ndarray, groups: np.ndarray) -> CrossFit:
         plan.train[f"without_{k}"] = np.flatnonzero(in_study & (fold != k))
         plan.test[k] = [f"without_{k}"]
         plan.held_out[k] = {}
+    if test_only:
+        return plan
     if len(folds) >= 3:
         for a, b in ((a, b) for a in folds for b in folds if a < b):
             name = f"without_{a}_{b}"
@@ -112,6 +123,13 @@ def read_plan(run_dir: Path) -> tuple[LandmarkSpec, dict[int, list[str]], dict[s
     test = {int(k): list(v) for k, v in record["test"].items()}
     files = {n: out / "models" / n / MODEL_FILE for names in test.values() for n in names}
     return LandmarkSpec.from_dict(record["spec"]), test, files
+
+
+def plan_facing(run_dir: Path) -> Literal["estimator", "points"]:
+    """Which way a finished study measured its learned points' angles: facing as the pose
+    estimator saw the person, or (studies before that rule) as the points give."""
+    record = json.loads((Path(run_dir) / rf.LANDMARKS / PLAN_FILE).read_text())
+    return "estimator" if record.get("facing") == "estimator" else "points"
 
 
 def _seed(base: int, name: str) -> int:
@@ -210,10 +228,12 @@ def fold_points(plan: CrossFit, k: int, predictions: dict[str, pd.DataFrame], *,
 
 def crossfit_landmarks(cohort: pd.DataFrame, pose: pd.DataFrame | None, fold: np.ndarray,
                        *, cfg: StudyConfig, out: Path, decode_size: int,
-                       console: Console) -> tuple[dict[int, pd.DataFrame], list[str]]:
+                       console: Console, test_only: bool = False
+                       ) -> tuple[dict[int, pd.DataFrame], list[str]]:
     """Train (or resume) the cross-fitted landmark models of photos in `fold` (per photo of
     `cohort`; -1: none) under `out`; returns per outer fold every photo's points as its
-    models see them (column `role`: test or train), and the landmarks' names."""
+    models see them (column `role`: test or train, `test_only`: test), and the landmarks'
+    names."""
     names = annotated_names(cohort)
     if not names:
         raise LandmarkError(f"{cfg.data.manifest}: learned landmarks need annotations, and "
@@ -226,7 +246,7 @@ def crossfit_landmarks(cohort: pd.DataFrame, pose: pd.DataFrame | None, fold: np
         data = landmark_data(cohort, pose, names=names, spec=spec, fold=fold,
                              subject_column=cfg.data.subject_column, decode_size=decode_size,
                              progress=lambda n: progress.advance(bar, n))
-        plan = crossfit_plan(fold, data.groups)
+        plan = crossfit_plan(fold, data.groups, test_only=test_only)
         bar = progress.add_task(f"landmark models ({', '.join(names)})", total=len(plan.train))
         predictions = {}
         for name, positions in plan.train.items():
@@ -235,11 +255,16 @@ def crossfit_landmarks(cohort: pd.DataFrame, pose: pd.DataFrame | None, fold: np
                 cfg=learned, seed=cfg.seed, precision=cfg.train.precision,
                 threads=cfg.train.threads)
             progress.advance(bar)
+    # the estimator's facing (NaN where it found no person: the points' own)
+    faces = (pose_facing(pose, cfg.pose.min_visibility) if pose is not None
+             else pd.Series(dtype=float))
     atomic_write_text(out / PLAN_FILE, json.dumps(
-        {"spec": spec.to_dict(), "test": {str(k): v for k, v in plan.test.items()}}, indent=2))
+        {"spec": spec.to_dict(), "test": {str(k): v for k, v in plan.test.items()},
+         "facing": "estimator" if pose is not None else "points"}, indent=2))
     per_fold = {}
     for k in sorted(plan.test):
-        per_fold[k] = fold_points(plan, k, predictions, data=data, names=names)
+        points = fold_points(plan, k, predictions, data=data, names=names)
+        per_fold[k] = points.assign(**{FACING_COLUMN: faces.reindex(points["row"]).to_numpy()})
         atomic_write_csv(out / f"fold{k}" / POINTS_FILE, per_fold[k])
     return per_fold, names
 
