@@ -29,7 +29,7 @@ from posturescreen.posture.landmark_inputs import angles_from_points
 from posturescreen.screening.bundle import load_bundle
 from posturescreen.screening.export import export_bundle
 from posturescreen.screening.predict import predict_image
-from posturescreen.study.landmarks import crossfit_plan
+from posturescreen.study.landmarks import agreement_tables, crossfit_plan
 
 # landmark models small enough for a test: no ImageNet weights, 64 px, 2 epochs
 TINY_LANDMARKS = "pose.learned={pretrained: none, input_size: 64, epochs: 2, min_photos: 4}"
@@ -148,6 +148,31 @@ def test_learned_angles_never_come_from_a_test_photos_annotation(learned_study):
     agreement = pd.read_csv(run / "landmark_agreement.csv")
     assert {"learned", "estimator"} <= set(agreement["source"])
     assert agreement[["icc_low", "icc_high"]].notna().all().all()
+
+
+@pytest.mark.pose
+def test_learned_agreement_also_on_the_photos_a_bundle_scores(learned_study):
+    """Beside every out-of-fold photo, the photos with a person (a bundle gives no score
+    without one): the estimator's rows' photos, like for like."""
+    _, manifest, run = learned_study
+    cfg = load_config(None, [f"data.manifest={manifest}"])
+    cohort, oof = pd.read_csv(run / "cohort.csv"), pd.read_csv(run / "landmark_points.csv")
+    pose = pd.read_csv(run / "pose.csv")
+    assert pose.set_index("row").loc[oof["row"], "person_found"].all()
+    names = [c.removesuffix("_conf") for c in oof.columns if c.endswith("_conf")]
+    table, _ = agreement_tables(cohort, pose, oof, names=names, cfg=cfg)
+    assert "learned, person found" not in set(table["source"])  # the same photos: not twice
+    lost = int(oof["row"].iloc[0])
+    pose.loc[pose["row"] == lost, "person_found"] = False
+    table, _ = agreement_tables(cohort, pose, oof, names=names, cfg=cfg)
+    cva = table[table.angle == "cva"].set_index("source")["n"]
+    assert cva["learned, person found"] == cva["learned"] - 1
+    # its numbers are those of the learned rows without that photo
+    kept = oof[oof["row"] != lost]
+    again, _ = agreement_tables(cohort, pose[pose["row"] != lost], kept, names=names, cfg=cfg)
+    expected = again[again.source == "learned"].drop(columns="source").reset_index(drop=True)
+    found = table[table.source == "learned, person found"].drop(columns="source")
+    pd.testing.assert_frame_equal(found.reset_index(drop=True), expected)
 
 
 @pytest.mark.pose

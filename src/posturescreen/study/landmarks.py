@@ -64,6 +64,7 @@ MODEL_FILE = "model.safetensors"
 SPEC_FILE = "spec.json"
 POINTS_FILE = "points.csv"  # a model's predictions (written last), a fold's points
 TRAIN_LOG = "train_log.csv"
+LEARNED_WITH_PERSON = "learned, person found"  # agreement rows on the photos a bundle scores
 
 
 class LandmarkError(PostureScreenError):
@@ -322,11 +323,19 @@ def agreement_tables(cohort: pd.DataFrame, pose: pd.DataFrame | None,
     # the person's height: the estimator's person box (no person found: not counted)
     heights = ((pose["person_y1"] - pose["person_y0"]).where(pose["person_found"].astype(bool))
                if pose is not None else pd.Series(np.nan, index=rows))
-    tables = [angle_agreement(angles_from_points(hand, names),
-                              angles_from_points(learned, names), groups, source="learned",
+    hand_angles_, learned_angles = angles_from_points(hand, names), angles_from_points(
+        learned, names)
+    tables = [angle_agreement(hand_angles_, learned_angles, groups, source="learned",
                               seed=cfg.seed)]
     errors = [point_errors(hand, learned, names, heights=heights).assign(source="learned")]
     if pose is not None:
+        # what a bundle measures (it gives no score without a person), on the photos of the
+        # estimator's rows: like for like
+        found = pose["person_found"].astype(bool).to_numpy()
+        if found.any() and not found.all():
+            tables.append(angle_agreement(hand_angles_[found], learned_angles[found],
+                                          groups[found], source=LEARNED_WITH_PERSON,
+                                          seed=cfg.seed))
         estimator = estimator_angles(pose.reset_index(), cfg.pose.min_visibility).loc[rows]
         tables.append(angle_agreement(hand_angles(cohort), estimator, groups,
                                       source="estimator", seed=cfg.seed))
