@@ -2,6 +2,7 @@
 
 import errno
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -349,3 +350,19 @@ def test_a_manifest_column_named_like_ours_is_named_not_replaced(tmp_path, colum
     result = CliRunner().invoke(app, ["validate", str(manifest)])
     assert result.exit_code == 2, result.output
     assert f"row 1: column '{column}' is a name posturescreen adds" in result.output
+
+
+def test_export_of_a_degenerate_recalibration_is_one_line(one_task_run, tmp_path):
+    """A Platt fit on a perfectly separated inner split can give a slope no bundle accepts:
+    export says which fold and what to do, and writes nothing."""
+    run = tmp_path / "run"
+    shutil.copytree(one_task_run, run)
+    calibration = pd.read_csv(run / "calibration.csv")
+    calibration.loc[calibration.model == "test_resnet", "slope"] = 1022.9
+    calibration.to_csv(run / "calibration.csv", index=False)
+    out = tmp_path / "b.zip"
+    result = CliRunner().invoke(app, ["export", str(run), "--task", "CH", "--model",
+                                      "test_resnet", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "fold 0 of CH / test_resnet recalibrates with slope 1023" in result.output
+    assert "Traceback" not in result.output and not out.exists()

@@ -23,6 +23,7 @@ from posturescreen.posture.tables import recorded_landmark_source
 from posturescreen.screening.bundle import (
     BUNDLE_FORMAT,
     INTENDED_USE,
+    MAX_SLOPE,
     METADATA,
     BundleError,
     BundleFold,
@@ -86,8 +87,15 @@ def _fold_parts(run_dir: Path, cfg: StudyConfig, mcfg: ModelConfig, task: str, k
     linear = LinearParts()
     if kind.linear_parts:
         linear = LinearParts.from_json(json.loads((job_dir / rf.LINEAR_MODEL).read_text()))
+    slope = float(calibration["slope"])
+    if not 0 <= slope <= MAX_SLOPE:  # a Platt fit on a split of one class or a few photos
+        raise BundleError(
+            f"{run_dir}: fold {k} of {task} / {mcfg.name} recalibrates with slope {slope:.4g}, "
+            f"outside 0..{MAX_SLOPE:g}: its inner validation split separated the classes "
+            "perfectly or was too small; a bundle needs a finite recalibration (more photos, "
+            "or a larger cv.inner_val_fraction)")
     fold = BundleFold(
-        fold=k, calibration=FoldCalibration(slope=float(calibration["slope"]),
+        fold=k, calibration=FoldCalibration(slope=slope,
                                             intercept=float(calibration["intercept"])),
         file=f"fold{k}.safetensors" if weights else None,
         sha256=sha256_file(weights) if weights else None,
