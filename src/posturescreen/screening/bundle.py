@@ -52,8 +52,6 @@ from posturescreen.screening.bundle_zip import BundleZipError, extract_zip
 from posturescreen.stats.links import logit, sigmoid
 
 BUNDLE_FORMAT = 3  # 3: learned landmark models
-# a fold's Platt slope beyond this is a degenerate fit (a perfectly separated split)
-MAX_SLOPE = 1e3
 READABLE_FORMATS = (1, 2, 3)  # 1: CNN bundles of earlier versions (no crop, no angles)
 METADATA = "metadata.json"
 MAX_METADATA_BYTES = 16 * 2**20
@@ -103,7 +101,7 @@ class BundleThreshold(_Meta):
 class FoldCalibration(_Meta):
     """The fold's Platt recalibration: p = sigmoid(slope · logit(p_model) + intercept)."""
 
-    slope: float = Field(1.0, ge=0, le=MAX_SLOPE)
+    slope: float = Field(1.0, ge=0, le=1e3)
     intercept: float = Field(0.0, ge=-1e3, le=1e3)
 
 

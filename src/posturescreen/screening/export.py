@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from posturescreen import runfolder as rf
 from posturescreen.config.study import ModelConfig, StudyConfig
@@ -23,7 +24,6 @@ from posturescreen.posture.tables import recorded_landmark_source
 from posturescreen.screening.bundle import (
     BUNDLE_FORMAT,
     INTENDED_USE,
-    MAX_SLOPE,
     METADATA,
     BundleError,
     BundleFold,
@@ -41,7 +41,7 @@ from posturescreen.screening.bundle_landmarks import (
     model_file,
 )
 from posturescreen.stats.metrics import youden_text
-from posturescreen.study.landmarks import plan_facing, read_plan
+from posturescreen.study.landmarks import read_plan
 
 
 def _finished_folds(run_dir: Path, task: str, model: str) -> list[tuple[int, Path, dict]]:
@@ -87,16 +87,19 @@ def _fold_parts(run_dir: Path, cfg: StudyConfig, mcfg: ModelConfig, task: str, k
     linear = LinearParts()
     if kind.linear_parts:
         linear = LinearParts.from_json(json.loads((job_dir / rf.LINEAR_MODEL).read_text()))
-    slope = float(calibration["slope"])
-    if not 0 <= slope <= MAX_SLOPE:  # a Platt fit on a split of one class or a few photos
+    slope, intercept = float(calibration["slope"]), float(calibration["intercept"])
+    try:
+        recalibration = FoldCalibration(slope=slope, intercept=intercept)
+    except ValidationError as e:  # a Platt fit on a perfectly separated or tiny split
+        problem = e.errors()[0]
         raise BundleError(
-            f"{run_dir}: fold {k} of {task} / {mcfg.name} recalibrates with slope {slope:.4g}, "
-            f"outside 0..{MAX_SLOPE:g}: its inner validation split separated the classes "
-            "perfectly or was too small; a bundle needs a finite recalibration (more photos, "
-            "or a larger cv.inner_val_fraction)")
+            f"{run_dir}: fold {k} of {task} / {mcfg.name} recalibrates with slope {slope:.4g} "
+            f"and intercept {intercept:.4g}, beyond what a bundle accepts ({problem['loc'][0]}: "
+            f"{problem['msg']}): its inner validation split separated the classes perfectly "
+            "or was too small; a bundle needs a finite recalibration (more photos, or a "
+            "larger cv.inner_val_fraction)") from e
     fold = BundleFold(
-        fold=k, calibration=FoldCalibration(slope=slope,
-                                            intercept=float(calibration["intercept"])),
+        fold=k, calibration=recalibration,
         file=f"fold{k}.safetensors" if weights else None,
         sha256=sha256_file(weights) if weights else None,
         angles=linear.angles, fusion=linear.fusion,
@@ -173,9 +176,9 @@ def export_bundle(run_dir: Path, *, task: str, model: str, out: Path) -> Path:
     run_meta = rf.read_record(run_dir).get("posturescreen_run", {})
     task_cfg = next(t for t in cfg.tasks if t.name == task)
     files = {str(fold.file): weights for fold, weights, _ in parts if weights is not None}
-    landmarks = None
+    landmarks, facing = None, "points"
     if source == "learned":  # each fold measures angles with the models its study used
-        spec, test, paths = read_plan(run_dir)
+        spec, test, paths, facing = read_plan(run_dir)
         landmarks = BundleLandmarks.describe(spec, [
             LandmarkModelFile(name=n, file=model_file(n), sha256=sha256_file(p))
             for n, p in paths.items()])
@@ -191,7 +194,7 @@ def export_bundle(run_dir: Path, *, task: str, model: str, out: Path) -> Path:
                         crop_margin=cfg.pose.crop_margin,
                         min_visibility=cfg.pose.min_visibility, landmark_source=source,
                         decode_size=rf.decode_size(run_dir),
-                        facing=plan_facing(run_dir) if source == "learned" else "points"),
+                        facing=facing),
         positive=task_cfg.positive, negative=cfg.negative_query(task_cfg),
         intended_use=INTENDED_USE,
         versions={**rf.library_versions(), "trained_with": run_meta.get("versions", {})},

@@ -117,20 +117,17 @@ def crossfit_plan(fold: np.ndarray, groups: np.ndarray, *, test_only: bool = Fal
     return plan
 
 
-def read_plan(run_dir: Path) -> tuple[LandmarkSpec, dict[int, list[str]], dict[str, Path]]:
-    """A finished study's landmark spec, each fold's test models and their weights files."""
+def read_plan(run_dir: Path) -> tuple[LandmarkSpec, dict[int, list[str]], dict[str, Path],
+                                      Literal["estimator", "points"]]:
+    """A finished study's landmark spec, each fold's test models, their weights files, and
+    which way it read its learned points as facing: as the pose estimator saw the person, or
+    (studies before that rule) as the points give."""
     out = Path(run_dir) / rf.LANDMARKS
     record = json.loads((out / PLAN_FILE).read_text())
     test = {int(k): list(v) for k, v in record["test"].items()}
     files = {n: out / "models" / n / MODEL_FILE for names in test.values() for n in names}
-    return LandmarkSpec.from_dict(record["spec"]), test, files
-
-
-def plan_facing(run_dir: Path) -> Literal["estimator", "points"]:
-    """Which way a finished study measured its learned points' angles: facing as the pose
-    estimator saw the person, or (studies before that rule) as the points give."""
-    record = json.loads((Path(run_dir) / rf.LANDMARKS / PLAN_FILE).read_text())
-    return "estimator" if record.get("facing") == "estimator" else "points"
+    facing = "estimator" if record.get("facing") == "estimator" else "points"
+    return LandmarkSpec.from_dict(record["spec"]), test, files, facing
 
 
 def _seed(base: int, name: str) -> int:
@@ -323,9 +320,8 @@ def agreement_tables(cohort: pd.DataFrame, pose: pd.DataFrame | None,
     # the person's height: the estimator's person box (no person found: not counted)
     heights = ((pose["person_y1"] - pose["person_y0"]).where(pose["person_found"].astype(bool))
                if pose is not None else pd.Series(np.nan, index=rows))
-    hand_angles_, learned_angles = angles_from_points(hand, names), angles_from_points(
-        learned, names)
-    tables = [angle_agreement(hand_angles_, learned_angles, groups, source="learned",
+    by_hand, by_model = angles_from_points(hand, names), angles_from_points(learned, names)
+    tables = [angle_agreement(by_hand, by_model, groups, source="learned",
                               seed=cfg.seed)]
     errors = [point_errors(hand, learned, names, heights=heights).assign(source="learned")]
     if pose is not None:
@@ -333,7 +329,7 @@ def agreement_tables(cohort: pd.DataFrame, pose: pd.DataFrame | None,
         # estimator's rows: like for like
         found = pose["person_found"].astype(bool).to_numpy()
         if found.any() and not found.all():
-            tables.append(angle_agreement(hand_angles_[found], learned_angles[found],
+            tables.append(angle_agreement(by_hand[found], by_model[found],
                                           groups[found], source=LEARNED_WITH_PERSON,
                                           seed=cfg.seed))
         estimator = estimator_angles(pose.reset_index(), cfg.pose.min_visibility).loc[rows]
